@@ -1,0 +1,154 @@
+"""bundle.json: its schema, its canonical bytes, and the fixed names inside a bundle.
+
+A bundle is a directory:
+
+    bundle.json      this manifest: every other file with path, size, sha256, kind, source
+    signatures/      one OpenSSF model-signing signature per signer, over the whole tree
+    wheels/ models/ORG--NAME/REVISION/ debs/ ansible/ appliance/ files/ sbom.cdx.json
+
+Only fields declared here exist; unknown fields are refused (`extra="forbid"`), so a
+field smuggled into a signed manifest cannot change what an older verifier does.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated
+
+from packaging.version import InvalidVersion, Version
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+FORMAT_VERSION = 1
+KNOWN_FORMATS = frozenset({1})
+
+BUNDLE_JSON = "bundle.json"
+SIGNATURES_DIR = "signatures"
+SIGNATURE_SUFFIX = ".sig"
+SBOM_NAME = "sbom.cdx.json"
+WHEELS_DIR = "wheels"
+MODELS_DIR = "models"
+DEBS_DIR = "debs"
+ANSIBLE_DIR = "ansible"
+APPLIANCE_DIR = "appliance"
+FILES_DIR = "files"
+
+# Paths that are part of the bundle but never listed in bundle.json.
+UNLISTED_BY_DESIGN = (BUNDLE_JSON,)
+
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+SEMVER_RE = re.compile(
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?$"
+)
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+class FileKind(StrEnum):
+    wheel = "wheel"
+    model = "model"
+    deb = "deb"
+    file = "file"
+    ansible = "ansible"
+    appliance = "appliance"
+    sbom = "sbom"
+    lock = "lock"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TargetPlatform(Strict):
+    """What the wheels were resolved for: the host, not the build machine."""
+
+    python: Annotated[str, Field(pattern=r"^3\.\d{1,2}$")] = "3.11"
+    manylinux: Annotated[str, Field(pattern=r"^manylinux_\d+_\d+$")] = "manylinux_2_28"
+    arch: Annotated[str, Field(pattern=r"^(x86_64|aarch64)$")] = "x86_64"
+    cuda: Annotated[str | None, Field(pattern=r"^\d{2}$")] = None
+
+    @property
+    def pip_platforms(self) -> list[str]:
+        """Platform tags pip may pick from, newest glibc first (manylinux is backward compatible)."""
+        major, minor = (int(x) for x in self.manylinux.removeprefix("manylinux_").split("_"))
+        tags = [f"manylinux_{major}_{m}_{self.arch}" for m in range(minor, 16, -1)]
+        return [*tags, f"manylinux2014_{self.arch}", "linux_" + self.arch]
+
+
+class FileEntry(Strict):
+    path: str
+    size: Annotated[int, Field(ge=0)]
+    sha256: Annotated[str, Field(pattern=SHA256_RE.pattern)]
+    kind: FileKind
+    source: str | None = None
+    """Where it came from: a purl, hub URL or 'local' (never trusted for anything but display)."""
+
+
+class ModelRef(Strict):
+    """A base model snapshot at a full commit id, under models/ORG--NAME/REVISION/."""
+
+    repo_id: str
+    revision: Annotated[str, Field(pattern=COMMIT_RE.pattern)]
+    path: str
+
+    @staticmethod
+    def dir_for(repo_id: str, revision: str) -> str:
+        return f"{MODELS_DIR}/{repo_id.replace('/', '--')}/{revision}"
+
+
+class PackageRef(Strict):
+    """A wheel or deb, for the SBOM and `bundle inspect`."""
+
+    name: str
+    version: str
+    path: str
+
+
+class BundleManifest(Strict):
+    format: int
+    name: Annotated[str, Field(pattern=NAME_RE.pattern)]
+    version: str
+    created: datetime
+    expires: datetime | None = None
+    target: TargetPlatform
+    models: list[ModelRef] = []
+    wheels: list[PackageRef] = []
+    debs: list[PackageRef] = []
+    files: list[FileEntry]
+    builder: dict[str, str] = {}
+
+    @field_validator("version")
+    @classmethod
+    def _semver(cls, v: str) -> str:
+        if not SEMVER_RE.match(v):
+            raise ValueError(f"{v!r} is not a semantic version (MAJOR.MINOR.PATCH)")
+        return v
+
+    @property
+    def release_name(self) -> str:
+        return f"{self.name}-{self.version}"
+
+    @property
+    def parsed_version(self) -> Version:
+        try:
+            return Version(self.version)
+        except InvalidVersion:  # semver pre-release spellings pip does not parse
+            return Version(self.version.split("-")[0].split("+")[0])
+
+    def by_path(self) -> dict[str, FileEntry]:
+        return {f.path: f for f in self.files}
+
+    def canonical_bytes(self) -> bytes:
+        return canonical_json(self.model_dump(mode="json"))
+
+
+def canonical_json(obj: object) -> bytes:
+    """Sorted keys, no whitespace, UTF-8, trailing newline: the same bytes on both sides."""
+    return (json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+
+
+def release_name(name: str, version: str) -> str:
+    return f"{name}-{version}"

@@ -1,0 +1,66 @@
+"""The `enclave` command: a thin layer over the library.
+
+`main()` is the one place where an `EnclaveError` becomes a single line on stderr and
+its documented exit code; nothing below it prints tracebacks for expected failures.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from appliance.errors import EnclaveError
+
+# Command modules attach themselves to the apps in `app.py` when imported.
+COMMAND_MODULES = (
+    "appliance.cli.keys",
+    "appliance.cli.verify",
+    "appliance.cli.install",
+    "appliance.cli.provision",
+    "appliance.cli.data",
+    "appliance.cli.train",
+    "appliance.cli.adapters",
+    "appliance.cli.misc",
+)
+
+
+def load_commands() -> None:
+    for name in COMMAND_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+
+
+def run(app_factory=None) -> int:
+    from appliance.cli.app import app, err
+
+    load_commands()
+    if app_factory is not None:
+        app_factory()
+    try:
+        app(standalone_mode=False)
+    except EnclaveError as exc:
+        err.print(f"[bold red]error:[/] {exc.message}", soft_wrap=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("[bold red]error:[/] interrupted")
+        return 130
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    except Exception as exc:  # click's own usage errors and aborts
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return exc.exit_code
+        if isinstance(exc, click.exceptions.Abort):
+            err.print("[bold red]error:[/] aborted")
+            return 1
+        raise
+    return 0
+
+
+def main() -> None:
+    sys.exit(run())

@@ -1,0 +1,78 @@
+"""The enclave's own settings: ETC/enclave.yaml (ETC is /etc/enclave for the default prefix).
+
+Every knob has a documented default so a fresh host works with no file at all; a file
+that exists but is malformed is refused with one line naming the key.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from appliance.errors import ConfigError
+from appliance.paths import Layout
+
+CONFIG_NAME = "enclave.yaml"
+
+
+class Classification(IntEnum):
+    """Ordered: an adapter inherits the highest classification of its datasets."""
+
+    public = 0
+    internal = 1
+    confidential = 2
+    secret = 3
+
+    @classmethod
+    def parse(cls, value: str) -> Classification:
+        try:
+            return cls[value.strip().lower()]
+        except KeyError:
+            names = ", ".join(c.name for c in cls)
+            raise ValueError(f"{value!r} is not a classification (one of {names})") from None
+
+
+class EnclaveConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    classification_ceiling: str = "secret"
+    """Datasets above this are refused by `enclave train`."""
+    trust_remote_code_allow: list[str] = []
+    """Model repo ids allowed to set `trust_remote_code: true`."""
+    review_cadence_days: int = 90
+    """`enclave adapters review-due` lists production adapters older than this."""
+    key_file: str | None = None
+    """The enclave's data key (32 random bytes, root-only). Default: ETC/keys/enclave.key."""
+
+    @property
+    def ceiling(self) -> Classification:
+        return Classification.parse(self.classification_ceiling)
+
+
+def load_config(layout: Layout) -> EnclaveConfig:
+    path = layout.etc / CONFIG_NAME
+    if not path.exists():
+        return EnclaveConfig()
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        cfg = EnclaveConfig.model_validate(raw)
+        cfg.ceiling  # noqa: B018  (validate the enum now, not at first use)
+        return cfg
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        key = ".".join(str(p) for p in e["loc"]) or "(top)"
+        raise ConfigError(f"{path}: {key}: {e['msg']}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{path}: classification_ceiling: {exc}") from None
+
+
+def key_file_path(layout: Layout, cfg: EnclaveConfig | None = None) -> Path:
+    cfg = cfg or load_config(layout)
+    return Path(cfg.key_file) if cfg.key_file else layout.etc / "keys" / "enclave.key"

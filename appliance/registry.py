@@ -1,0 +1,65 @@
+"""The SQLite registry at PREFIX/registry.db: bundles, datasets, runs, adapters, promotions.
+
+One file, one connection helper. Each component owns its tables and declares them with
+`ensure_schema(conn, component, version, ddl)`, so the data, train and adapter modules
+evolve their tables without touching each other's code. WAL mode and a busy timeout let
+the trainer service and an operator's command share the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+from appliance.paths import Layout
+
+_META = """
+CREATE TABLE IF NOT EXISTS schema_versions (
+    component TEXT PRIMARY KEY,
+    version   INTEGER NOT NULL
+);
+"""
+
+
+def connect(layout: Layout | Path) -> sqlite3.Connection:
+    path = layout.registry if isinstance(layout, Layout) else Path(layout)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.executescript(_META)
+    return conn
+
+
+def ensure_schema(conn: sqlite3.Connection, component: str, version: int, ddl: str) -> None:
+    """Create a component's tables once; `ddl` must be idempotent (IF NOT EXISTS)."""
+    row = conn.execute("SELECT version FROM schema_versions WHERE component=?", (component,)).fetchone()
+    if row is not None and row["version"] >= version:
+        return
+    with transaction(conn):
+        conn.executescript(ddl)
+        conn.execute(
+            "INSERT INTO schema_versions(component, version) VALUES(?, ?) "
+            "ON CONFLICT(component) DO UPDATE SET version=excluded.version",
+            (component, version),
+        )
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT; rolled back on any exception."""
+    if conn.in_transaction:
+        yield conn
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")
