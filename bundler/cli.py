@@ -18,3 +18,7 @@ def _add_connected_commands() -> None:
 
 def main() -> None:
     sys.exit(run(_add_connected_commands))
+
+
+if __name__ == "__main__":
+    main()

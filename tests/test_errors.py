@@ -7,3 +7,22 @@ def test_exit_codes_are_unique_and_documented():
         assert issubclass(cls, EnclaveError)
         assert cls.summary and cls.summary != EnclaveError.summary, cls
         assert 2 <= code <= 125
+
+
+def test_cli_usage_error_is_one_line_and_exit_2():
+    from tests.conftest import run_enclave
+
+    proc = run_enclave("no-such-command")
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "No such command" in proc.stderr
+
+
+def test_exit_code_table_lists_every_code():
+    from tests.conftest import run_enclave
+
+    proc = run_enclave("exit-codes", "--json", check=True)
+    import json
+
+    rows = json.loads(proc.stdout)
+    assert {r["code"] for r in rows} == {0, *EXIT_CODES}
