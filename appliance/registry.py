@@ -41,12 +41,26 @@ def ensure_schema(conn: sqlite3.Connection, component: str, version: int, ddl: s
     if row is not None and row["version"] >= version:
         return
     with transaction(conn):
-        conn.executescript(ddl)
+        # executescript() would COMMIT the open transaction first; run statements one by one.
+        for stmt in _statements(ddl):
+            conn.execute(stmt)
         conn.execute(
             "INSERT INTO schema_versions(component, version) VALUES(?, ?) "
             "ON CONFLICT(component) DO UPDATE SET version=excluded.version",
             (component, version),
         )
+
+
+def _statements(script: str) -> list[str]:
+    out, buf = [], ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            out.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        out.append(buf.strip())
+    return out
 
 
 @contextlib.contextmanager
