@@ -1,0 +1,205 @@
+"""`enclave data add`: from a raw JSONL export to a registered, scrubbed, split dataset.
+
+Everything is checked and built before anything is registered: every bad row is found in
+one pass and reported together, the files are written in a staging directory, and only a
+complete dataset is renamed into place and recorded. A refused file changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from appliance import registry
+from appliance.config import Classification
+from appliance.data import schema as schemas
+from appliance.data import split as splitting
+from appliance.data import store
+from appliance.data.canonical import canonical_line, read_jsonl
+from appliance.data.errors import DataError, DataSchemaError, SplitError
+from appliance.fsutil import atomic_write_text, sha256_file
+from appliance.paths import Layout
+
+MAX_LISTED = 20
+
+
+@dataclass
+class Raw:
+    path: Path
+    sha256: str
+    schema: str
+    rows: list[dict[str, Any]]
+    lines: list[int]
+
+
+def _fail(cls: type[DataError], path: Path, problems: list[tuple[int, str]]) -> None:
+    listed = "; ".join(f"line {n}: {why}" for n, why in problems[:MAX_LISTED])
+    more = f"; and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+    noun = "row" if len(problems) == 1 else "rows"
+    raise cls(f"{path}: {len(problems)} bad {noun}: {listed}{more}", path=str(path))
+
+
+def load_raw(path: Path, schema: str | None = None, split_by: str | None = None) -> Raw:
+    """Parse and check every row; one error listing every bad line, or the rows."""
+    path = Path(path)
+    if schema is not None and schema not in schemas.SCHEMAS:
+        raise DataSchemaError(f"--schema {schema!r}: unknown schema (one of {', '.join(schemas.SCHEMAS)})")
+    rows: list[dict[str, Any]] = []
+    lines: list[int] = []
+    not_json: list[tuple[int, str]] = []
+    bad_schema: list[tuple[int, str]] = []
+    no_group: list[tuple[int, str]] = []
+    for lineno, row, why in read_jsonl(path):
+        if row is None:
+            not_json.append((lineno, why or "unreadable"))
+            continue
+        found = schemas.detect(row)
+        if found is None:
+            bad_schema.append((lineno, schemas.unknown(row)))
+            continue
+        if schema is None:
+            schema = found
+        if found != schema:
+            bad_schema.append((lineno, f"a {found} row in a {schema} dataset"))
+            continue
+        if why := schemas.check(row, schema):
+            bad_schema.append((lineno, why))
+            continue
+        if split_by is not None and splitting.group_key(row, split_by) is None:
+            no_group.append((lineno, f"no value for the split field {split_by!r}"))
+        rows.append(row)
+        lines.append(lineno)
+    problems = sorted(not_json + bad_schema + no_group)
+    if problems:
+        # Every bad line in one report; the exit code names the gravest kind found.
+        cls = DataError if not_json else DataSchemaError if bad_schema else SplitError
+        _fail(cls, path, problems)
+    if not rows:
+        raise DataError(f"{path}: no rows (an empty file or only blank lines)", path=str(path))
+    digest, _ = sha256_file(path)
+    assert schema is not None
+    return Raw(path, digest, schema, rows, lines)
+
+
+@dataclass
+class AddResult:
+    record: store.DatasetRecord
+    already: bool
+
+
+Scrubber = Any  # appliance.data.scrub.Scrubber once scrubbing is on
+
+
+def add(
+    layout: Layout,
+    src: Path,
+    *,
+    name: str,
+    classification: Classification,
+    schema: str | None = None,
+    split_by: str | None = None,
+    eval_fraction: float | None = None,
+    seed: int = 0,
+    scrubber: Scrubber | None = None,
+    vault_hook: Any = None,
+) -> AddResult:
+    if not name or "/" in name or name.startswith("."):
+        raise DataError(f"--name {name!r}: must be non-empty, without '/' and not start with '.'")
+    raw = load_raw(src, schema, split_by)
+    split_info: dict[str, Any] | None = None
+    is_eval = [False] * len(raw.rows)
+    if split_by is not None or eval_fraction is not None:
+        fraction = 0.1 if eval_fraction is None else eval_fraction
+        if split_by is not None:
+            keys = [splitting.group_key(r, split_by) or "" for r in raw.rows]
+        else:
+            keys = [str(i) for i in range(len(raw.rows))]  # each row its own group
+        p = splitting.plan(keys, fraction, seed, split_by or "row")
+        is_eval = [p.is_eval(k) for k in keys]
+        split_info = {
+            "by": split_by,
+            "eval_fraction": fraction,
+            "seed": seed,
+            "groups": p.groups,
+            "eval_groups": len(p.eval_groups),
+            "train_rows": p.train_rows,
+            "eval_rows": p.eval_rows,
+        }
+
+    rows = raw.rows
+    scrub_info: dict[str, Any] | None = None
+    if scrubber is not None:
+        rows = [scrubber.scrub_row(r) for r in rows]
+        scrub_info = scrubber.report()
+
+    layout.datasets.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=layout.datasets))
+    try:
+        train_p, eval_p = staging / store.TRAIN, staging / store.EVAL
+        n_train = n_eval = 0
+        with open(train_p, "wb") as tr, open(eval_p, "wb") as ev:
+            for row, to_eval in zip(rows, is_eval, strict=True):
+                (ev if to_eval else tr).write(canonical_line(row))
+                n_eval += to_eval
+                n_train += not to_eval
+        if n_eval == 0:
+            eval_p.unlink()
+        sha = store.content_sha256(train_p, eval_p if n_eval else None)
+        created = store.now()
+        card = {
+            "name": name,
+            "sha256": sha,
+            "schema": raw.schema,
+            "classification": classification.name,
+            "rows": len(rows),
+            "train_rows": n_train,
+            "eval_rows": n_eval,
+            "files": {
+                store.TRAIN: sha256_file(train_p)[0],
+                **({store.EVAL: sha256_file(eval_p)[0]} if n_eval else {}),
+            },
+            "split": split_info,
+            "scrub": scrub_info,
+            "source": {"name": raw.path.name, "sha256": raw.sha256},
+            "created": created,
+            "added_by": store.who(),
+        }
+        atomic_write_text(staging / store.CARD, json.dumps(card, indent=2, sort_keys=True) + "\n")
+        with contextlib.closing(store.connect(layout)) as conn, registry.transaction(conn):
+            existing = store.check_free(conn, name, sha)
+            if existing is not None:
+                return AddResult(store._record(layout, existing), already=True)
+            store.install_dir(staging, store.dataset_dir(layout, sha))
+            try:
+                if vault_hook is not None:
+                    vault_hook(conn, sha, raw)
+                store.insert(
+                    conn,
+                    {
+                        "sha256": sha,
+                        "name": name,
+                        "schema": raw.schema,
+                        "classification": classification.name,
+                        "rows": len(rows),
+                        "train_rows": n_train,
+                        "eval_rows": n_eval,
+                        "split_json": json.dumps(split_info) if split_info else None,
+                        "scrub_json": json.dumps(scrub_info) if scrub_info else None,
+                        "source_name": raw.path.name,
+                        "source_sha256": raw.sha256,
+                        "created": created,
+                        "added_by": card["added_by"],
+                    },
+                )
+            except BaseException:
+                shutil.rmtree(store.dataset_dir(layout, sha), ignore_errors=True)
+                raise
+            rec = store.find(layout, sha, conn)
+        return AddResult(rec, already=False)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
