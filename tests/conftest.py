@@ -38,3 +38,23 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from devtools.tiny_model import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+# --- bundle signing and verification (issue 3, appliance side) ------------------------
+
+
+@pytest.fixture(scope="session")
+def officer_keys(tmp_path_factory) -> dict[str, Path]:
+    """Two officers (one passphrase-protected) and an outsider, each a real P-256 key pair."""
+    from appliance.bundle.keys import generate_keypair
+
+    d = tmp_path_factory.mktemp("keys")
+    out: dict[str, Path] = {}
+    for name, pw in (("alice", b"alice-pass"), ("bob", None), ("mallory", None)):
+        generate_keypair(d / f"{name}.key", d / f"{name}.pub", pw)
+        out[f"{name}.key"] = d / f"{name}.key"
+        out[f"{name}.pub"] = d / f"{name}.pub"
+    return out
+
+
+ALICE_PASS = b"alice-pass"
