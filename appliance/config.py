@@ -46,6 +46,9 @@ class EnclaveConfig(BaseModel):
     """`enclave adapters review-due` lists production adapters older than this."""
     key_file: str | None = None
     """The enclave's data key (32 random bytes, root-only). Default: ETC/keys/enclave.key."""
+    ner_model: str | None = None
+    """spaCy pipeline that finds names in `enclave data add` (a directory, e.g. a model from the
+    bundle, or an installed package name). Unset: names are found by patterns only."""
 
     @property
     def ceiling(self) -> Classification:
