@@ -1,0 +1,327 @@
+"""The Python wheelhouse, resolved for the TARGET host, and the enclave-kit wheel itself.
+
+Resolution uses `uv pip compile --python-platform --python-version --generate-hashes`
+because uv evaluates environment markers for the target (pip evaluates them for the
+build machine, so an aarch64 or CUDA host would get the wrong dependency set). The
+download uses `pip download --only-binary=:all: --platform --require-hashes` with the
+lock, so every wheel is checked against a hash before it lands; the host then installs
+binary-only with `--no-index --require-hashes`, needing no compiler or network.
+
+Layout: wheels/requirements.lock (what the manifest asked for, pinned with hashes),
+appliance/enclave_kit-*.whl and appliance/requirements.lock (the installer's own runtime
+dependencies, resolved against the same pins), every wheel in wheels/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import tomllib
+from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name, parse_wheel_filename
+
+from appliance.bundle.format import APPLIANCE_DIR, WHEELS_DIR, FileKind, PackageRef, TargetPlatform
+from appliance.errors import FetchError
+from appliance.fsutil import atomic_write_text
+from bundler.fetch import Fetched, Produced
+from bundler.manifest import lock_pins
+from bundler.progress import Reporter
+
+DIST_NAME = "enclave-kit"
+LOCK_NAME = "requirements.lock"
+
+
+def source_tree() -> Path | None:
+    """The enclave source checkout this bundler runs from, if it runs from one."""
+    root = Path(__file__).resolve().parents[2]
+    pyproject = root / "pyproject.toml"
+    if pyproject.is_file() and f'name = "{DIST_NAME}"' in pyproject.read_text():
+        return root
+    return None
+
+
+def enclave_runtime_requirements() -> list[str]:
+    """`[project].dependencies` of enclave-kit: what the host needs to run the installer."""
+    root = source_tree()
+    if root is not None:
+        return list(tomllib.loads((root / "pyproject.toml").read_text())["project"].get("dependencies", []))
+    reqs = metadata.requires(DIST_NAME) or []
+    return [r for r in reqs if "extra ==" not in r.replace('"', "'").replace("extra==", "extra ==")]
+
+
+def _uv() -> list[str]:
+    found = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+    if found:
+        return [found]
+    return [sys.executable, "-m", "uv"]
+
+
+def _tail(text: str) -> str:
+    """The line of a tool's output that says what went wrong."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in lines:
+        if ln.startswith(("ERROR:", "error:", "×", "╰─▶")):
+            return ln.lstrip("×╰─▶ ").strip()
+    return lines[-1] if lines else "(no output)"
+
+
+def uv_platform(target: TargetPlatform) -> str:
+    return f"{target.arch}-{target.manylinux}"
+
+
+def compile_lock(
+    requirements: list[str],
+    target: TargetPlatform,
+    out: Path,
+    *,
+    constraints: list[str] | None = None,
+    what: str,
+) -> None:
+    """Resolve `requirements` for the target into a hashed lock at `out`."""
+    with tempfile.TemporaryDirectory(prefix="enclave-resolve-") as tmp:
+        req_file = Path(tmp) / "requirements.in"
+        req_file.write_text("\n".join(requirements) + "\n")
+        cmd = [
+            *_uv(),
+            "pip",
+            "compile",
+            str(req_file),
+            "--python-platform",
+            uv_platform(target),
+            "--python-version",
+            target.python,
+            "--generate-hashes",
+            "--only-binary",
+            ":all:",
+            "--no-header",
+            "--no-annotate",
+            "--quiet",
+            "-o",
+            str(Path(tmp) / "out.lock"),
+        ]
+        if constraints:
+            c_file = Path(tmp) / "constraints.txt"
+            c_file.write_text("\n".join(constraints) + "\n")
+            cmd += ["--constraint", str(c_file)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise FetchError(
+                f"{what}: cannot resolve for {uv_platform(target)} py{target.python}: {_tail(proc.stderr)}"
+            )
+        atomic_write_text(out, (Path(tmp) / "out.lock").read_text())
+
+
+def _logical_lines(lock: Path) -> list[str]:
+    text = lock.read_text().replace("\\\n", " ")
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+
+
+def _pip_download(lines: list[str], target: TargetPlatform, dest: Path, on_saved, what: str) -> None:
+    with tempfile.NamedTemporaryFile("w", suffix=".lock", delete=False) as fh:
+        fh.write("\n".join(lines) + "\n")
+        chunk = fh.name
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--require-hashes",
+        "--python-version",
+        target.python,
+        "--implementation",
+        "cp",
+        "--progress-bar",
+        "off",
+        "--disable-pip-version-check",
+        "-d",
+        str(dest),
+        "-r",
+        chunk,
+    ]
+    for tag in target.pip_platforms:
+        cmd += ["--platform", tag]
+    env = dict(os.environ, PIP_NO_INPUT="1")
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        assert proc.stdout is not None
+        output = []
+        for line in proc.stdout:
+            output.append(line)
+            if line.startswith("Saved "):
+                on_saved(True)
+            elif line.startswith("File was already downloaded"):
+                on_saved(False)
+        rc = proc.wait()
+    finally:
+        os.unlink(chunk)
+    if rc != 0:
+        raise FetchError(
+            f"{what}: pip download for {target.arch} py{target.python} failed: {_tail(''.join(output))}"
+        )
+
+
+def download_wheels(
+    locks: list[Path], target: TargetPlatform, tree: Path, reporter: Reporter, workers: int = 4
+) -> Fetched:
+    """Every requirement of the locks as a wheel in wheels/, hash-checked by pip; several pips in parallel."""
+    dest = tree / WHEELS_DIR
+    dest.mkdir(parents=True, exist_ok=True)
+    seen: dict[str, str] = {}
+    for lock in locks:
+        for line in _logical_lines(lock):
+            if line.startswith("-"):
+                continue
+            req = Requirement(line.split("--hash", 1)[0].strip().rstrip(";").strip())
+            seen.setdefault(canonicalize_name(req.name), line)
+    lines = list(seen.values())
+    task = reporter.task("wheels", total=len(lines))
+    lock_ = threading.Lock()
+    counts = {True: 0, False: 0}
+
+    def saved(new: bool) -> None:
+        with lock_:
+            counts[new] += 1
+            task.advance()
+
+    n = max(1, min(workers, len(lines)))
+    chunks = [lines[i::n] for i in range(n)]
+    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="pip") as pool:
+        for f in [pool.submit(_pip_download, c, target, dest, saved, "python") for c in chunks if c]:
+            f.result()
+    out = Fetched(fetched=counts[True], reused=counts[False])
+    wanted = {
+        canonicalize_name(Requirement(ln.split("--hash", 1)[0].strip().rstrip(";").strip()).name): ln
+        for ln in lines
+    }
+    have: dict[str, Path] = {}
+    for whl in sorted(dest.glob("*.whl")):
+        name, version, _, _ = parse_wheel_filename(whl.name)
+        if name in wanted and _pinned_version(wanted[name]) == str(version):
+            have[name] = whl
+            out.wheels.append(
+                PackageRef(name=str(name), version=str(version), path=f"{WHEELS_DIR}/{whl.name}")
+            )
+            out.files.append(
+                Produced(f"{WHEELS_DIR}/{whl.name}", FileKind.wheel, f"pkg:pypi/{name}@{version}")
+            )
+    missing = sorted(set(wanted) - set(have))
+    if missing:
+        raise FetchError(f"python: no wheel for {', '.join(missing)} on {target.arch} py{target.python}")
+    task.finish(f"{len(have)} wheels for {target.arch} py{target.python} {target.manylinux}")
+    return out
+
+
+def _pinned_version(line: str) -> str:
+    req = Requirement(line.split("--hash", 1)[0].strip().rstrip(";").strip())
+    return str(next(iter(req.specifier)).version)
+
+
+def build_enclave_wheel(tree: Path, staging: Path, reporter: Reporter) -> Fetched:
+    """enclave-kit as a wheel, built from a clean copy of this source tree (never in place)."""
+    root = source_tree()
+    if root is None:
+        raise FetchError("python.enclave: the enclave-kit source tree was not found (run from a checkout)")
+    work = staging / "enclave-src"
+    shutil.rmtree(work, ignore_errors=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build", "dist")
+    work.mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md", "LICENSE", "setup.cfg", "MANIFEST.in"):
+        if (root / name).is_file():
+            shutil.copy2(root / name, work / name)
+    for pkg in ("appliance", "bundler"):
+        shutil.copytree(root / pkg, work / pkg, ignore=ignore)
+    wheel_dir = staging / "enclave-wheel"
+    shutil.rmtree(wheel_dir, ignore_errors=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "-q",
+        "-w",
+        str(wheel_dir),
+        str(work),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise FetchError(
+            f"python.enclave: building the enclave-kit wheel failed: {_tail(proc.stderr + proc.stdout)}"
+        )
+    wheels = list(wheel_dir.glob("*.whl"))
+    if len(wheels) != 1:
+        raise FetchError(f"python.enclave: expected one enclave-kit wheel, got {[w.name for w in wheels]}")
+    dest_dir = tree / APPLIANCE_DIR
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    for old in dest_dir.glob("*.whl"):
+        old.unlink()
+    dest = dest_dir / wheels[0].name
+    shutil.move(wheels[0], dest)
+    _, version, _, _ = parse_wheel_filename(dest.name)
+    reporter.line(f"enclave-kit {version}: wheel built")
+    shutil.rmtree(work, ignore_errors=True)
+    return Fetched(
+        files=[
+            Produced(f"{APPLIANCE_DIR}/{dest.name}", FileKind.appliance, f"pkg:pypi/{DIST_NAME}@{version}")
+        ]
+    )
+
+
+def resolve_python(
+    requirements: list[str] | None,
+    lock: Path | None,
+    include_enclave: bool,
+    target: TargetPlatform,
+    tree: Path,
+    reporter: Reporter,
+) -> tuple[list[Path], list[Produced]]:
+    """Write the locks into the tree; returns the locks to download and their entries."""
+    locks: list[Path] = []
+    produced: list[Produced] = []
+    user_lock = tree / WHEELS_DIR / LOCK_NAME
+    if lock is not None:
+        user_lock.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(user_lock, lock.read_text())
+    elif requirements:
+        compile_lock(requirements, target, user_lock, what="python.requirements")
+    if user_lock.exists() and (lock is not None or requirements):
+        locks.append(user_lock)
+        produced.append(
+            Produced(
+                f"{WHEELS_DIR}/{LOCK_NAME}", FileKind.lock, "uv pip compile" if lock is None else "local"
+            )
+        )
+    if include_enclave:
+        app_lock = tree / APPLIANCE_DIR / LOCK_NAME
+        pins = lock_pins(user_lock) if locks else None
+        compile_lock(
+            enclave_runtime_requirements(), target, app_lock, constraints=pins, what="python.enclave"
+        )
+        locks.append(app_lock)
+        produced.append(Produced(f"{APPLIANCE_DIR}/{LOCK_NAME}", FileKind.lock, "uv pip compile"))
+    reporter.line(
+        f"python: resolved for {target.arch} py{target.python} {target.manylinux}"
+        + (f" cuda{target.cuda}" if target.cuda else "")
+    )
+    return locks, produced
+
+
+__all__ = [
+    "build_enclave_wheel",
+    "compile_lock",
+    "download_wheels",
+    "enclave_runtime_requirements",
+    "resolve_python",
+    "source_tree",
+]

@@ -1,0 +1,158 @@
+"""`sbom.cdx.json`: a CycloneDX 1.6 SBOM of everything in the bundle.
+
+A security team feeds it to its own scanners (vulnerabilities by purl, licences), so it
+names every wheel (`pkg:pypi/NAME@VER`), hub model (`pkg:huggingface/ORG/NAME@REVISION`,
+each file nested with its sha256), deb (`pkg:deb/debian/NAME@VER?arch=ARCH`) and extra
+file, with the same sha256 that bundle.json pins.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from appliance.bundle.format import FileKind, ModelRef, PackageRef, TargetPlatform
+from bundler.fetch import Produced
+from bundler.fetch.debs import DEB_ARCH
+
+
+def build_sbom(
+    *,
+    name: str,
+    version: str,
+    created: datetime,
+    target: TargetPlatform,
+    models: list[ModelRef],
+    wheels: list[PackageRef],
+    debs: list[PackageRef],
+    files: list[Produced],
+    tool_version: str,
+) -> str:
+    from cyclonedx.model import HashAlgorithm, HashType, Property
+    from cyclonedx.model.bom import Bom, BomMetaData
+    from cyclonedx.model.component import Component, ComponentType
+    from cyclonedx.output.json import JsonV1Dot6
+    from packageurl import PackageURL
+
+    by_path = {f.path: f for f in files}
+
+    def hashes(path: str) -> list[HashType]:
+        f = by_path.get(path)
+        return [HashType(alg=HashAlgorithm.SHA_256, content=f.sha256)] if f and f.sha256 else []
+
+    components: list[Component] = []
+    for w in sorted(wheels, key=lambda w: w.name):
+        purl = PackageURL(type="pypi", name=w.name, version=w.version)
+        components.append(
+            Component(
+                type=ComponentType.LIBRARY,
+                name=w.name,
+                version=w.version,
+                purl=purl,
+                bom_ref=purl.to_string(),
+                hashes=hashes(w.path),
+                properties=[Property(name="enclave:path", value=w.path)],
+            )
+        )
+    for f in files:
+        if f.kind is FileKind.appliance:
+            _, _, rest = (f.source or "").partition("@")
+            purl = PackageURL(type="pypi", name="enclave-kit", version=rest or None)
+            components.append(
+                Component(
+                    type=ComponentType.APPLICATION,
+                    name="enclave-kit",
+                    version=rest or None,
+                    purl=purl,
+                    bom_ref=f"appliance:{f.path}",
+                    hashes=hashes(f.path),
+                    properties=[Property(name="enclave:path", value=f.path)],
+                )
+            )
+    for m in models:
+        org, _, mname = m.repo_id.partition("/")
+        local = org == "local"
+        purl = (
+            None if local else PackageURL(type="huggingface", namespace=org, name=mname, version=m.revision)
+        )
+        inner = [
+            Component(
+                type=ComponentType.FILE,
+                name=f.path.removeprefix(m.path + "/"),
+                bom_ref=f"file:{f.path}",
+                hashes=hashes(f.path),
+            )
+            for f in files
+            if f.kind is FileKind.model and f.path.startswith(m.path + "/")
+        ]
+        props = [Property(name="enclave:path", value=m.path)]
+        if local:
+            props.append(Property(name="enclave:source", value="local directory (revision = content digest)"))
+        components.append(
+            Component(
+                type=ComponentType.MACHINE_LEARNING_MODEL,
+                group=None if local else org,
+                name=mname,
+                version=m.revision,
+                purl=purl,
+                bom_ref=purl.to_string() if purl else f"model:{m.repo_id}@{m.revision}",
+                components=inner,
+                properties=props,
+            )
+        )
+    arch = DEB_ARCH[target.arch]
+    for d in sorted(debs, key=lambda d: d.name):
+        purl = PackageURL(
+            type="deb", namespace="debian", name=d.name, version=d.version, qualifiers={"arch": arch}
+        )
+        components.append(
+            Component(
+                type=ComponentType.LIBRARY,
+                name=d.name,
+                version=d.version,
+                purl=purl,
+                bom_ref=purl.to_string(),
+                hashes=hashes(d.path),
+                properties=[Property(name="enclave:path", value=d.path)],
+            )
+        )
+    for f in files:
+        if f.kind is FileKind.file:
+            props = [Property(name="enclave:path", value=f.path)]
+            if f.source and f.source != "local":
+                props.append(Property(name="enclave:url", value=f.source))
+            components.append(
+                Component(
+                    type=ComponentType.FILE,
+                    name=f.path,
+                    bom_ref=f"file:{f.path}",
+                    hashes=hashes(f.path),
+                    properties=props,
+                )
+            )
+
+    bundle = Component(
+        type=ComponentType.DATA,
+        name=name,
+        version=version,
+        bom_ref=f"bundle:{name}@{version}",
+        description="enclave offline bundle",
+        properties=[
+            Property(name="enclave:target:python", value=target.python),
+            Property(name="enclave:target:platform", value=f"{target.manylinux}_{target.arch}"),
+            *([Property(name="enclave:target:cuda", value=target.cuda)] if target.cuda else []),
+        ],
+    )
+    tool = Component(type=ComponentType.APPLICATION, name="enclave-kit", version=tool_version)
+    bom = Bom(components=components, metadata=BomMetaData(component=bundle, timestamp=created))
+    bom.metadata.tools.components.add(tool)
+    bom.register_dependency(bundle, components)
+    return JsonV1Dot6(bom).output_as_string(indent=2)
+
+
+def validate_sbom(text: str) -> str | None:
+    """None if `text` is a valid CycloneDX 1.6 JSON document, else the validator's complaint."""
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    error = JsonStrictValidator(SchemaVersion.V1_6).validate_str(text)
+    return None if error is None else str(error)
