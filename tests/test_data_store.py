@@ -8,7 +8,8 @@ import sqlite3
 
 import pytest
 
-from appliance.config import Classification
+from appliance.config import Classification, key_file_path
+from appliance.crypto.keys import generate_key_file
 from appliance.data import intake, store
 from appliance.data.errors import (
     DataError,
@@ -58,9 +59,17 @@ def snapshot(layout: Layout):
     return files, rows
 
 
+def with_data_key(layout: Layout) -> Layout:
+    """Install an enclave data key where `load_enclave_key` looks for it under this prefix."""
+    generate_key_file(key_file_path(layout))
+    return layout
+
+
 @pytest.fixture
-def layout(tmp_path):
-    return Layout.at(tmp_path / "prefix")
+def layout(tmp_path, monkeypatch):
+    monkeypatch.delenv("ENCLAVE_ETC", raising=False)
+    monkeypatch.delenv("ENCLAVE_NER_MODEL", raising=False)
+    return with_data_key(Layout.at(tmp_path / "prefix"))
 
 
 @pytest.mark.parametrize(("rows", "schema"), [(ALPACA, "alpaca"), (CHAT, "chat"), (DPO, "dpo")])
@@ -215,6 +224,7 @@ def test_resolve_refuses_unknown_and_edited_datasets(layout, tmp_path):
 
 def test_cli_add_list_show_and_bad_input_exit_codes(tmp_path):
     prefix = str(tmp_path / "p")
+    with_data_key(Layout.at(prefix))
     src = write_jsonl(tmp_path / "raw.jsonl", ALPACA)
     r = run_enclave(
         "data",

@@ -12,6 +12,15 @@ from appliance.config import Classification
 from appliance.data import store
 from appliance.data.errors import DataError
 
+NerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ner-model",
+        help="spaCy pipeline for names, a directory or package (default: ENCLAVE_NER_MODEL, ner_model).",
+    ),
+]
+NoNerOpt = Annotated[bool, typer.Option("--no-ner", help="Find names by patterns only.")]
+
 
 def _classification(value: str) -> Classification:
     try:
@@ -38,21 +47,30 @@ def add(
     schema: Annotated[
         str | None, typer.Option("--schema", help="alpaca, chat or dpo (default: from the first row).")
     ] = None,
+    ner_model: NerOpt = None,
+    no_ner: NoNerOpt = False,
+    no_scrub: Annotated[
+        bool, typer.Option("--no-scrub", help="Register rows unchanged (public data only).")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check, split and register a dataset by its content hash."""
+    """Check, scrub, split and register a dataset by its content hash."""
     from appliance.data import intake
 
-    lay = layout(prefix)
+    lay = layout(prefix.absolute())
+    cls = _classification(classification)
+    scrubber = None if no_scrub else intake.make_scrubber(lay, ner_model, use_ner=not no_ner)
     res = intake.add(
         lay,
         src,
         name=name,
-        classification=_classification(classification),
+        classification=cls,
         schema=schema,
         split_by=split_by,
         eval_fraction=eval_fraction,
         seed=seed,
+        scrubber=scrubber,
+        scrub=not no_scrub,
     )
     rec = res.record
     if as_json:
@@ -68,7 +86,17 @@ def add(
             f"eval {s['eval_rows']} rows in {s['eval_groups']} of {s['groups']} groups",
             soft_wrap=True,
         )
+    if rec.scrub:
+        _print_scrub(rec.scrub)
+    elif not res.already:
+        out.print("  not scrubbed (--no-scrub)")
     out.print(f"  {rec.directory}", soft_wrap=True)
+
+
+def _print_scrub(rep: dict) -> None:
+    replaced = ", ".join(f"{t} {n}" for t, n in rep.get("replaced", {}).items()) or "nothing found"
+    out.print(f"  replaced: {replaced}", soft_wrap=True)
+    out.print(f"  detectors: {', '.join(rep.get('detectors', []))}", soft_wrap=True)
 
 
 @data_app.command("list")
@@ -105,3 +133,91 @@ def show(
         return
     for k, v in doc.items():
         out.print(f"{k}: {v}", soft_wrap=True)
+
+
+@data_app.command("scan")
+def scan(
+    src: Annotated[Path, typer.Argument(help="Raw JSONL export to look at.")],
+    prefix: PrefixOpt,
+    ner_model: NerOpt = None,
+    no_ner: NoNerOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show what `add` would replace: counts by type and masked samples; stores nothing."""
+    from appliance.data import intake
+
+    lay = layout(prefix.absolute())
+    rep = intake.scan(src, intake.make_scrubber(lay, ner_model, use_ner=not no_ner))
+    if as_json:
+        emit_json(rep)
+        return
+    out.print(f"{src}: {rep['rows']} rows ({', '.join(rep['schemas'])}); nothing stored", soft_wrap=True)
+    _print_scrub(rep)
+    for kind, samples in rep["samples"].items():
+        for smp in samples:
+            out.print(
+                f"  {kind:<8} line {smp['line']:<6} {smp['field'] or '-':<12} {smp['masked']} -> "
+                f"{smp['placeholder']} ({smp['rule']})",
+                soft_wrap=True,
+                markup=False,
+            )
+
+
+@data_app.command("reveal")
+def reveal(
+    name: Annotated[str, typer.Argument(help="Dataset name or sha256 (prefix).")],
+    prefix: PrefixOpt,
+    placeholders: Annotated[list[str] | None, typer.Argument(help="Placeholders such as NAME_1.")] = None,
+    show_all: Annotated[bool, typer.Option("--all", help="Reveal the whole mapping.")] = False,
+    key_file: Annotated[
+        Path | None, typer.Option("--key-file", help="The enclave data key, if not the installed one.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Map placeholders back to originals; needs the key, and every use is logged."""
+    from appliance.data import reveal as reveal_mod
+
+    if not placeholders and not show_all:
+        raise DataError("enclave data reveal: name one or more placeholders (e.g. NAME_1), or --all")
+    if placeholders and show_all:
+        raise DataError("enclave data reveal: give placeholders or --all, not both")
+    got = reveal_mod.reveal(
+        layout(prefix.absolute()), name, None if show_all else placeholders, key_file=key_file
+    )
+    if as_json:
+        emit_json(got)
+        return
+    for ph, originals in got.items():
+        out.print(f"{ph}\t{' | '.join(originals)}", soft_wrap=True, markup=False)
+
+
+@data_app.command("erase")
+def erase(
+    name: Annotated[str, typer.Argument(help="Dataset name or sha256 (prefix).")],
+    prefix: PrefixOpt,
+    purge: Annotated[
+        bool, typer.Option("--purge", help="Also delete the scrubbed train/eval files (no more training).")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Crypto-erase a dataset's raw copy and mapping (destroys its key); irreversible."""
+    import sys
+
+    from appliance.data import erase as erase_mod
+
+    lay = layout(prefix.absolute())
+    rec = store.find(lay, name)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise DataError(f"enclave data erase {name}: irreversible; pass --yes to confirm")
+        typer.confirm(f"Erase the raw copy and mapping of {rec.name} ({rec.sha256[:12]})?", abort=True)
+    res = erase_mod.erase(lay, name, purge=purge)
+    if as_json:
+        emit_json({**res.record.to_json(), "removed": res.removed, "already_erased": res.already})
+        return
+    state = "was already erased" if res.already else "erased"
+    removed = ", ".join(res.removed) or "nothing left to remove"
+    out.print(f"{res.record.name} {state}: key destroyed; removed {removed}", soft_wrap=True)
+    if res.purged:
+        out.print("  scrubbed dataset files removed too (--purge)")

@@ -17,11 +17,15 @@ from typing import Any
 
 from appliance import registry
 from appliance.config import Classification
+from appliance.crypto.keys import DataKey
 from appliance.data import schema as schemas
 from appliance.data import split as splitting
-from appliance.data import store
+from appliance.data import store, vault
 from appliance.data.canonical import canonical_line, read_jsonl
 from appliance.data.errors import DataError, DataSchemaError, SplitError
+from appliance.data.pii import names
+from appliance.data.pii.analyzer import Analyzer
+from appliance.data.scrub import Scrubber
 from appliance.fsutil import atomic_write_text, sha256_file
 from appliance.paths import Layout
 
@@ -92,7 +96,36 @@ class AddResult:
     already: bool
 
 
-Scrubber = Any  # appliance.data.scrub.Scrubber once scrubbing is on
+def make_scrubber(layout: Layout, ner_model: str | None = None, *, use_ner: bool = True) -> Scrubber:
+    """The analyzer the enclave is configured for: NER where a model is set, patterns always."""
+    spec = names.configured_spec(layout, ner_model) if use_ner else None
+    ner = names.load_ner(spec) if spec else None
+    return Scrubber(Analyzer(ner=ner))
+
+
+def scan(path: Path, scrubber: Scrubber) -> dict[str, Any]:
+    """What `add` would replace, counted and masked; reads the file and stores nothing."""
+    path = Path(path)
+    rows: list[dict[str, Any]] = []
+    lines: list[int] = []
+    bad: list[tuple[int, str]] = []
+    for lineno, row, why in read_jsonl(path):
+        if row is None:
+            bad.append((lineno, why or "unreadable"))
+        else:
+            rows.append(row)
+            lines.append(lineno)
+    if bad:
+        _fail(DataError, path, bad)
+    scrubber.learn(rows, lines)
+    scrubber.scrub(rows)
+    schemas_seen = sorted({schemas.detect(r) or "unknown" for r in rows})
+    return {
+        "file": str(path),
+        "schemas": schemas_seen,
+        **scrubber.report(),
+        "samples": scrubber.masked_samples(),
+    }
 
 
 def add(
@@ -106,11 +139,18 @@ def add(
     eval_fraction: float | None = None,
     seed: int = 0,
     scrubber: Scrubber | None = None,
-    vault_hook: Any = None,
+    scrub: bool = True,
+    kek: DataKey | None = None,
 ) -> AddResult:
+    """Check, split, scrub, store and register; the raw copy and mapping go to the vault.
+
+    `scrubber` defaults to the enclave's configured one; `scrub=False` registers the rows
+    as they are (public data), still keeping the raw copy in the vault for erasure.
+    """
     if not name or "/" in name or name.startswith("."):
         raise DataError(f"--name {name!r}: must be non-empty, without '/' and not start with '.'")
     raw = load_raw(src, schema, split_by)
+    kek = kek or vault.enclave_key(layout)  # refuse before any work when no key can seal the vault
     split_info: dict[str, Any] | None = None
     is_eval = [False] * len(raw.rows)
     if split_by is not None or eval_fraction is not None:
@@ -133,9 +173,13 @@ def add(
 
     rows = raw.rows
     scrub_info: dict[str, Any] | None = None
-    if scrubber is not None:
-        rows = [scrubber.scrub_row(r) for r in rows]
+    mapping: dict[str, list[str]] = {}
+    if scrub:
+        scrubber = scrubber or make_scrubber(layout)
+        scrubber.learn(rows, raw.lines)
+        rows = scrubber.scrub(rows)
         scrub_info = scrubber.report()
+        mapping = scrubber.mapping()
 
     layout.datasets.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=layout.datasets))
@@ -166,6 +210,7 @@ def add(
             "split": split_info,
             "scrub": scrub_info,
             "source": {"name": raw.path.name, "sha256": raw.sha256},
+            "vault": "raw copy and mapping sealed under a per-dataset key (enclave data reveal)",
             "created": created,
             "added_by": store.who(),
         }
@@ -176,8 +221,10 @@ def add(
                 return AddResult(store._record(layout, existing), already=True)
             store.install_dir(staging, store.dataset_dir(layout, sha))
             try:
-                if vault_hook is not None:
-                    vault_hook(conn, sha, raw)
+                vault.create(layout, sha, raw.path, mapping, kek)
+                digest, _ = sha256_file(raw.path)
+                if digest != raw.sha256:
+                    raise DataError(f"{raw.path}: the file changed while it was being added; add it again")
                 store.insert(
                     conn,
                     {
@@ -197,6 +244,7 @@ def add(
                     },
                 )
             except BaseException:
+                vault.destroy(vault.vault_dir(layout, sha))
                 shutil.rmtree(store.dataset_dir(layout, sha), ignore_errors=True)
                 raise
             rec = store.find(layout, sha, conn)

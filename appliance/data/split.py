@@ -61,9 +61,10 @@ def plan(keys: list[str], eval_fraction: float, seed: int, field: str = "split f
             "at least two groups are needed to keep one out of training"
         )
     target = math.ceil(eval_fraction * n)
+    ranked = sorted(counts, key=lambda k: _rank(seed, k))
     chosen: set[str] = set()
     held = 0
-    for key in sorted(counts, key=lambda k: _rank(seed, k)):
+    for key in ranked:
         if held >= target:
             break
         if held + counts[key] >= n:
@@ -71,8 +72,17 @@ def plan(keys: list[str], eval_fraction: float, seed: int, field: str = "split f
         chosen.add(key)
         held += counts[key]
     if held < target:
-        raise SplitError(
-            f"split by {field}: cannot hold out {eval_fraction:.0%} of {n} rows without leaving "
-            f"training empty ({len(counts)} groups; the largest has {max(counts.values())} rows)"
-        )
+        # Large groups were skipped. Holding out everything but the smallest group is the
+        # most eval can ever hold; if even that falls short, no split exists.
+        smallest = min(ranked, key=lambda k: counts[k])
+        big = next((k for k in ranked if target <= counts[k] < n), None)
+        if big is not None:
+            chosen, held = {big}, counts[big]
+        elif n - counts[smallest] >= target:
+            chosen, held = set(ranked) - {smallest}, n - counts[smallest]
+        else:
+            raise SplitError(
+                f"split by {field}: cannot hold out {eval_fraction:.0%} of {n} rows without leaving "
+                f"training empty ({len(counts)} groups; the smallest has {counts[smallest]} rows)"
+            )
     return SplitPlan(frozenset(chosen), n - held, held, len(counts))

@@ -1,0 +1,169 @@
+"""Replace PII with typed placeholders, the same value with the same placeholder everywhere.
+
+Two passes over a dataset. The first finds everything and numbers placeholders in order of
+first appearance (so a dataset scrubs to the same bytes every time, and its hash is
+stable). The second rewrites every string, and also replaces each value already known
+wherever it recurs verbatim: a name the model found in one ticket is replaced in the
+ticket where it missed it. The mapping (placeholder -> originals) is returned for the
+vault and never written in clear.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from appliance.data.pii import TYPES, Finding, resolve
+from appliance.data.pii.analyzer import Analyzer, strings
+
+
+def normalise(kind: str, value: str) -> str:
+    """The identity of a value for numbering: formatting differences are the same value."""
+    if kind == "EMAIL":
+        return value.lower()
+    if kind in ("ACCOUNT", "NID"):
+        return re.sub(r"[\s-]", "", value).upper()
+    if kind == "PHONE":
+        return re.sub(r"[^\d+]", "", value)
+    return value
+
+
+def mask(kind: str, value: str) -> str:
+    """Enough to recognise the kind of thing in a report, not enough to recover it."""
+    if kind == "SECRET":
+        return f"{'*' * min(len(value), 8)} ({len(value)} chars)"
+    if kind == "EMAIL" and "@" in value:
+        local, _, domain = value.partition("@")
+        tld = domain.rsplit(".", 1)[-1]
+        return f"{local[:1]}***@{domain[:1]}***.{tld}"
+    if kind == "NAME":
+        return " ".join(w[:1] + "*" * (len(w) - 1) for w in value.split())
+    alnum = [i for i, c in enumerate(value) if c.isalnum()]
+    keep = set(alnum[:1] + alnum[-2:]) if len(alnum) > 6 else set()
+    return "".join(c if (i in keep or not c.isalnum()) else "*" for i, c in enumerate(value))
+
+
+def _propagates(f: Finding) -> bool:
+    """Values worth replacing wherever they recur verbatim (a lone first name is not)."""
+    if f.type == "NAME":
+        return len(f.text) >= 4 and (" " in f.text or f.rule != "ner")
+    return len(f.text) >= 6
+
+
+def _set(value: Any, path: tuple, new: str) -> Any:
+    if not path:
+        return new
+    head, rest = path[0], path[1:]
+    if isinstance(value, list):
+        copy = list(value)
+        copy[head] = _set(value[head], rest, new)
+        return copy
+    copy = dict(value)
+    copy[head] = _set(value[head], rest, new)
+    return copy
+
+
+@dataclass
+class Scrubber:
+    analyzer: Analyzer
+    samples_per_type: int = 3
+    placeholders: dict[tuple[str, str], str] = field(default_factory=dict)
+    originals: dict[str, list[str]] = field(default_factory=dict)
+    occurrences: Counter = field(default_factory=Counter)
+    rules: Counter = field(default_factory=Counter)
+    samples: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    _known: re.Pattern[str] | None = None
+    _known_types: dict[str, str] = field(default_factory=dict)
+    _cache: list[list[list[Finding]]] = field(default_factory=list)
+    _learned: bool = False
+    rows_seen: int = 0
+
+    def _placeholder(self, f: Finding) -> str:
+        key = (f.type, normalise(f.type, f.text))
+        ph = self.placeholders.get(key)
+        if ph is None:
+            n = sum(1 for t, _ in self.placeholders if t == f.type) + 1
+            ph = self.placeholders[key] = f"{f.type}_{n}"
+            self.originals[ph] = []
+        if f.text not in self.originals[ph]:
+            self.originals[ph].append(f.text)
+        return ph
+
+    def learn(self, rows: list[dict[str, Any]], lines: list[int] | None = None) -> None:
+        """Pass one: detect in every string of every row, number the placeholders."""
+        lines = lines or list(range(1, len(rows) + 1))
+        for row, line in zip(rows, lines, strict=True):
+            items = list(strings(row))
+            found = self.analyzer.analyze_texts([(k, s) for _, k, s in items])
+            self._cache.append(found)
+            for (_, key, _text), fs in zip(items, found, strict=True):
+                for f in fs:
+                    ph = self._placeholder(f)
+                    if len(self.samples[f.type]) < self.samples_per_type and not any(
+                        s["placeholder"] == ph for s in self.samples[f.type]
+                    ):
+                        self.samples[f.type].append(
+                            {
+                                "line": line,
+                                "field": key,
+                                "masked": mask(f.type, f.text),
+                                "placeholder": ph,
+                                "rule": f.rule,
+                            }
+                        )
+                    if _propagates(f):
+                        self._known_types[f.text] = f.type
+        self.rows_seen += len(rows)
+        if self._known_types:
+            alts = sorted(self._known_types, key=len, reverse=True)
+            self._known = re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, alts)) + r")(?!\w)")
+        self._learned = True
+
+    def _known_in(self, text: str) -> list[Finding]:
+        if self._known is None:
+            return []
+        return [
+            Finding(self._known_types[m.group()], m.start(), m.end(), m.group(), "known-value")
+            for m in self._known.finditer(text)
+        ]
+
+    def scrub(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Pass two: `rows` (those given to `learn`) with every finding and known value replaced."""
+        if not self._learned:
+            self.learn(rows)
+        out = []
+        for row, found in zip(rows, self._cache, strict=True):
+            new = row
+            for (path, _key, text), fs in zip(strings(row), found, strict=True):
+                spans = resolve(fs + self._known_in(text))
+                if not spans:
+                    continue
+                pieces, pos = [], 0
+                for f in spans:
+                    ph = self._placeholder(f)
+                    self.occurrences[f.type] += 1
+                    self.rules[f.rule] += 1
+                    pieces += [text[pos : f.start], ph]
+                    pos = f.end
+                pieces.append(text[pos:])
+                new = _set(new, path, "".join(pieces))
+            out.append(new)
+        return out
+
+    def mapping(self) -> dict[str, list[str]]:
+        return {ph: list(v) for ph, v in self.originals.items()}
+
+    def report(self) -> dict[str, Any]:
+        distinct = Counter(ph.rsplit("_", 1)[0] for ph in self.originals)
+        return {
+            "detectors": list(self.analyzer.detectors_run),
+            "rows": self.rows_seen,
+            "replaced": {t: self.occurrences[t] for t in TYPES if self.occurrences[t]},
+            "distinct": {t: distinct[t] for t in TYPES if distinct[t]},
+            "rules": dict(sorted(self.rules.items())),
+        }
+
+    def masked_samples(self) -> dict[str, list[dict[str, Any]]]:
+        return {t: self.samples[t] for t in TYPES if self.samples.get(t)}
