@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "appliance.cli.data",
     "appliance.cli.train",
     "appliance.cli.adapters",
+    "appliance.cli.datakey",
     "appliance.cli.queue",
     "appliance.cli.misc",
 )

@@ -1,0 +1,149 @@
+"""Generation with an encrypted adapter that never exists as a plaintext file.
+
+The ciphertext is decrypted into a bytes object, the package unpacked in memory, the
+weights parsed with `safetensors.torch.load(bytes)` and the LoRA config built from the JSON
+bytes; peft then wraps the pinned base model (from the installed, verified store) and gets
+the state dict. Nothing goes through a temp directory, so a crash, a core-dump-free kill
+or a full disk leaves no adapter behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from appliance.adapters.errors import InferenceError
+from appliance.adapters.package import CONFIG, WEIGHTS
+from appliance.adapters.registry import AdapterRecord, load_plaintext
+from appliance.crypto.keys import DataKey
+from appliance.errors import EnclaveError
+from appliance.offline import OFFLINE_ENV
+from appliance.paths import Layout
+
+
+def resolve_base_model(layout: Layout, repo_id: str, revision: str) -> Path:
+    """The base model at exactly the revision the adapter was trained on, from the store."""
+    from appliance.install.store import resolve_model, snapshot_path
+
+    snap = snapshot_path(layout, repo_id, revision)
+    if snap.is_dir():
+        return snap
+    try:
+        found = resolve_model(layout, f"{repo_id}@{revision}")
+        if found.revision == revision and found.path.is_dir():
+            return found.path
+    except EnclaveError:
+        pass
+    raise InferenceError(
+        f"{repo_id}@{revision[:12]}: the adapter's base model is not in the installed store ({snap})"
+    )
+
+
+def _offline() -> None:
+    # Set before transformers, peft or bitsandbytes are imported: they read these at import.
+    os.environ.update(OFFLINE_ENV)
+
+
+def lora_config(config: dict[str, Any], where: str):
+    from peft import LoraConfig
+
+    if config.get("peft_type") != "LORA":
+        raise InferenceError(f"{where}: peft_type {config.get('peft_type')!r} is not LORA")
+    known = {f.name for f in dataclasses.fields(LoraConfig)}
+    kwargs = {
+        k: v for k, v in config.items() if k in known and k not in ("peft_type", "base_model_name_or_path")
+    }
+    try:
+        return LoraConfig(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise InferenceError(f"{where}: not a usable LoRA config ({exc})") from None
+
+
+def load_peft_model(layout: Layout, rec: AdapterRecord, key: DataKey | None = None):
+    """(peft model in eval mode, tokenizer, base model path), adapter weights from memory only."""
+    _offline()
+    import torch
+    from peft import get_peft_model, set_peft_model_state_dict
+    from safetensors.torch import load as load_safetensors
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    files = load_plaintext(layout, rec, key)
+    where = f"{rec.ref} ({rec.ciphertext_path(layout).name})"
+    try:
+        config = json.loads(files[CONFIG])
+        state = load_safetensors(files[WEIGHTS])
+    except Exception as exc:
+        raise InferenceError(
+            f"{where}: the adapter does not parse ({exc.__class__.__name__}: {exc})"
+        ) from None
+    finally:
+        files.clear()
+    cfg = lora_config(config, where)
+    base_path = resolve_base_model(layout, rec.base_model_id, rec.base_revision)
+    try:
+        base = AutoModelForCausalLM.from_pretrained(base_path, local_files_only=True, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(base_path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise InferenceError(f"{base_path}: the base model does not load ({exc})") from None
+    model = get_peft_model(base, cfg)
+    try:
+        result = set_peft_model_state_dict(model, state)
+    except RuntimeError as exc:
+        raise InferenceError(f"{where}: the weights do not fit {rec.base_model_id} ({exc})") from None
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    missing = [k for k in getattr(result, "missing_keys", []) or [] if "lora_" in k]
+    if unexpected or missing:
+        what = unexpected[:1] or missing[:1]
+        raise InferenceError(
+            f"{where}: the weights do not fit {rec.base_model_id} "
+            f"({len(unexpected)} unexpected, {len(missing)} missing, e.g. {what[0]})"
+        )
+    model.eval()
+    return model, tokenizer, base_path
+
+
+@dataclass
+class Generation:
+    adapter: str
+    base_model: str
+    prompt: str
+    text: str
+    new_tokens: int
+
+
+def generate_text(model, tokenizer, prompt: str, max_new_tokens: int) -> tuple[str, int]:
+    """Greedy decoding: the same adapter and prompt give the same text (reviewable, testable)."""
+    import torch
+
+    inputs = tokenizer(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id
+            if tokenizer.pad_token_id is not None
+            else tokenizer.eos_token_id,
+        )
+    new = out[0, inputs["input_ids"].shape[1] :]
+    return tokenizer.decode(new, skip_special_tokens=True), int(new.shape[0])
+
+
+def generate(
+    layout: Layout, rec: AdapterRecord, prompt: str, *, max_new_tokens: int = 64, key: DataKey | None = None
+) -> Generation:
+    if max_new_tokens < 1:
+        raise InferenceError(f"--max-new-tokens: {max_new_tokens} must be at least 1")
+    model, tokenizer, _ = load_peft_model(layout, rec, key)
+    text, n = generate_text(model, tokenizer, prompt, max_new_tokens)
+    return Generation(
+        adapter=rec.ref,
+        base_model=f"{rec.base_model_id}@{rec.base_revision}",
+        prompt=prompt,
+        text=text,
+        new_tokens=n,
+    )
