@@ -82,3 +82,58 @@ def sign_as_is(root: Path, key: Path, passphrase: bytes | None = None, signer: s
     sizes = signable_files(root)
     digests = {p: sha for p, (sha, _) in hash_files(root, sorted(sizes), sizes=sizes).items()}
     return sign_tree(root, key, passphrase, digests, signer=signer)
+
+
+def build_tiny_wheel(out_dir: Path, name: str = "enclave_fixture", version: str = "0.1.0") -> Path:
+    """A real wheel built by pip from a generated one-module project (no network needed)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as src:
+        proj = Path(src)
+        (proj / name).mkdir()
+        (proj / name / "__init__.py").write_text(f'"""Fixture package."""\n\nVERSION = "{version}"\n')
+        (proj / "pyproject.toml").write_text(
+            "[build-system]\n"
+            'requires = ["setuptools>=61"]\n'
+            'build-backend = "setuptools.build_meta"\n\n'
+            f'[project]\nname = "{name}"\nversion = "{version}"\n'
+        )
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "-q",
+                "--no-deps",
+                "--no-build-isolation",
+                "-w",
+                str(out_dir),
+                src,
+            ],
+            check=True,
+            capture_output=True,
+        )
+    return next(out_dir.glob(f"{name}-{version}-*.whl"))
+
+
+def fixture_bundle_files(model_dir: Path | None, wheel: Path | None) -> dict[str, bytes]:
+    """The files of the standard test bundle: a model snapshot, a wheel, an SBOM and a plain file."""
+    files: dict[str, bytes] = {"files/notes.txt": b"field notes\n"}
+    if model_dir is not None:
+        rev = "0" * 40
+        for p in sorted(model_dir.rglob("*")):
+            if p.is_file():
+                files[f"models/local--tiny-llama/{rev}/{p.relative_to(model_dir).as_posix()}"] = (
+                    p.read_bytes()
+                )
+    if wheel is not None:
+        files[f"wheels/{wheel.name}"] = wheel.read_bytes()
+    files["sbom.cdx.json"] = (
+        b'{"bomFormat":"CycloneDX","specVersion":"1.6","components":['
+        b'{"type":"library","name":"enclave_fixture"},{"type":"machine-learning-model","name":"tiny-llama"}]}'
+    )
+    return files

@@ -58,3 +58,50 @@ def officer_keys(tmp_path_factory) -> dict[str, Path]:
 
 
 ALICE_PASS = b"alice-pass"
+
+
+@pytest.fixture(scope="session")
+def tiny_wheel(tmp_path_factory) -> Path:
+    from devtools.bundles import build_tiny_wheel
+
+    return build_tiny_wheel(tmp_path_factory.mktemp("wheelhouse"))
+
+
+@pytest.fixture(scope="session")
+def signed_bundle_template(tmp_path_factory, tiny_model_dir, tiny_wheel, officer_keys) -> Path:
+    """A real bundle (tiny model, a wheel, an SBOM, a file) signed by alice and bob. Copy, don't edit."""
+    from appliance.bundle.format import ModelRef, PackageRef
+    from appliance.bundle.signing import sign_bundle
+    from devtools.bundles import fixture_bundle_files, make_bundle
+
+    root = tmp_path_factory.mktemp("template") / "bundle"
+    rev = "0" * 40
+    make_bundle(
+        root,
+        fixture_bundle_files(tiny_model_dir, tiny_wheel),
+        name="fixture",
+        version="1.2.3",
+        models=[
+            ModelRef(repo_id="local/tiny-llama", revision=rev, path=ModelRef.dir_for("local/tiny-llama", rev))
+        ],
+        wheels=[PackageRef(name="enclave_fixture", version="0.1.0", path=f"wheels/{tiny_wheel.name}")],
+    )
+    sign_bundle(root, officer_keys["alice.key"], ALICE_PASS, "alice")
+    sign_bundle(root, officer_keys["bob.key"], None, "bob")
+    return root
+
+
+@pytest.fixture
+def signed_bundle(signed_bundle_template, tmp_path) -> Path:
+    dst = tmp_path / "bundle"
+    shutil.copytree(signed_bundle_template, dst)
+    return dst
+
+
+def tree_snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every path under root with its size and mtime: equal before and after means nothing was written."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns)
+    return out

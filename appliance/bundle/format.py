@@ -152,3 +152,32 @@ def canonical_json(obj: object) -> bytes:
 
 def release_name(name: str, version: str) -> str:
     return f"{name}-{version}"
+
+
+def parse_manifest(raw: bytes, where: str) -> BundleManifest:
+    """bundle.json bytes to a manifest; each refusal one line naming the file and the key.
+
+    The format version is read before the schema is applied, so a bundle from a newer
+    enclave says "unknown format" rather than listing fields this version lacks.
+    """
+    from pydantic import ValidationError
+
+    from appliance.errors import BundleError, UnknownFormat
+
+    path = f"{where}/{BUNDLE_JSON}"
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc})", path=BUNDLE_JSON) from None
+    fmt = data.get("format") if isinstance(data, dict) else None
+    if fmt not in KNOWN_FORMATS:
+        raise UnknownFormat(
+            f"{path}: key 'format': {fmt!r} is not a format this enclave knows ({sorted(KNOWN_FORMATS)})",
+            path=BUNDLE_JSON,
+        )
+    try:
+        return BundleManifest.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        raise BundleError(f"{path}: key {loc!r}: {err['msg']}", path=BUNDLE_JSON) from None

@@ -14,27 +14,22 @@ the failure to the field.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from appliance.bundle import dsse, keys
 from appliance.bundle.format import (
     BUNDLE_JSON,
-    KNOWN_FORMATS,
     SIGNATURE_SUFFIX,
     SIGNATURES_DIR,
     BundleManifest,
+    parse_manifest,
 )
 from appliance.bundle.tree import Progress, check_rel_path, hash_files, walk
 from appliance.errors import (
-    BundleError,
     ChangedFile,
     MissingFile,
-    UnknownFormat,
     UnlistedFile,
     UnsafePath,
     UsageError,
@@ -108,19 +103,7 @@ def load_manifest_for_signing(bundle_dir: Path) -> BundleManifest:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise MissingFile(f"{path}: missing; write bundle.json before signing", path=BUNDLE_JSON) from None
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path}: not valid JSON ({exc})", path=BUNDLE_JSON) from None
-    if not isinstance(data, dict) or data.get("format") not in KNOWN_FORMATS:
-        fmt = data.get("format") if isinstance(data, dict) else None
-        raise UnknownFormat(f"{path}: format {fmt!r} is not one of {sorted(KNOWN_FORMATS)}", path=BUNDLE_JSON)
-    try:
-        return BundleManifest.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        raise BundleError(f"{path}: key {loc!r}: {err['msg']}", path=BUNDLE_JSON) from None
+    return parse_manifest(raw, str(bundle_dir))
 
 
 def sign_bundle(
