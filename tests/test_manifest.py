@@ -149,3 +149,15 @@ def test_duplicate_models_and_file_names_are_refused(tmp_path):
     (tmp_path / "m.yaml").write_text(text)
     with pytest.raises(ManifestError, match=r"models\[1\] repeats models\[0\]"):
         load_manifest(tmp_path / "m.yaml")
+
+
+def test_the_demo_manifest_is_valid():
+    """manifests/demo.yaml (its local model only exists once `make demo` has built it)."""
+    import yaml
+
+    from bundler.manifest import BuildManifest
+
+    path = Path(__file__).resolve().parent.parent / "manifests" / "demo.yaml"
+    spec = BuildManifest.model_validate(yaml.safe_load(path.read_text()))
+    assert spec.name == "demo" and spec.python is not None and spec.python.enclave
+    assert [m.name for m in spec.models] == ["tiny-llama"]
