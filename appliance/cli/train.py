@@ -1,0 +1,67 @@
+"""`enclave train RUN.yml`: a thin layer over appliance.train (policy, runner, sweep)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from appliance.cli.app import JsonOpt, PrefixOpt, app, emit_json, err, layout
+
+
+@app.command("train")
+def train_cmd(
+    run_yaml: Annotated[Path, typer.Argument(help="An axolotl YAML (see manifests/recipes/).")],
+    prefix: PrefixOpt,
+    check: Annotated[bool, typer.Option("--check", help="Only check the YAML against policy.")] = False,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Adapter name (default: the YAML's file name).")
+    ] = None,
+    gpus: Annotated[
+        int, typer.Option("--gpus", min=1, help="GPUs: more than 1 launches through accelerate.")
+    ] = 1,
+    json_: JsonOpt = False,
+) -> None:
+    """Check an axolotl YAML against policy, train offline, seal and register the adapter."""
+    from appliance.train import runner
+
+    lay = layout(prefix)
+    if check:
+        checked = runner.check_only(lay, run_yaml)
+        if json_:
+            emit_json(
+                {
+                    "ok": True,
+                    "base_model": f"{checked.repo_id}@{checked.revision}",
+                    "datasets": [
+                        {"key": d.key, "name": d.name, "sha256": d.sha256} for d in checked.datasets
+                    ],
+                    "classification": checked.classification.name,
+                    "config": checked.config,
+                }
+            )
+        else:
+            err.print(
+                f"{run_yaml}: ok: {checked.repo_id}@{checked.revision[:12]}, "
+                f"{len(checked.datasets)} registered dataset(s), classification {checked.classification.name}"
+            )
+        return
+    result = runner.train(
+        lay,
+        run_yaml,
+        name=name,
+        gpus=gpus,
+        echo=None if json_ else sys.stderr.buffer,
+        say=lambda m: err.print(m, soft_wrap=True),
+    )
+    if json_:
+        emit_json({"run_id": result.run_id, "run_dir": str(result.run_dir), **result.provenance})
+    else:
+        err.print(
+            f"sealed {result.adapter.name}@{result.adapter.version} "
+            f"(train loss {result.metrics.train_loss}, classification {result.adapter.classification}); "
+            f"report {result.report}",
+            soft_wrap=True,
+        )

@@ -1,0 +1,404 @@
+"""The training policy: what an operator's axolotl YAML may ask for inside the enclave.
+
+An operator writes an ordinary axolotl config; this module decides whether it can run
+here and rewrites it so it can only read what the enclave vouches for (the installed,
+verified model store and registered datasets) and only write inside its run directory.
+Every refusal is one line naming the YAML key and why, so the fix is obvious without
+reading this code. The rules are kept as data where they can be (key lists below), so a
+new axolotl integration that phones home is one line to add.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from appliance.config import Classification, EnclaveConfig, load_config
+from appliance.errors import EnclaveError, UsageError
+from appliance.paths import Layout
+from appliance.train.errors import PolicyRefused
+
+# Keys that publish weights or data to a hub (any `push_*` key is refused too).
+HUB_KEYS = ("hub_model_id", "hub_strategy", "hub_revision", "hf_use_auth_token", "push_dataset_to_hub")
+
+# W&B may only run disabled or offline (it then writes inside the run directory).
+WANDB_OK_MODES = {"disabled", "offline"}
+WANDB_KEYS = ("use_wandb", "wandb_project", "wandb_entity", "wandb_name", "wandb_run_id", "wandb_log_model")
+
+# Trackers and exporters that send metrics off the host; (key, why).
+ONLINE_KEYS: tuple[tuple[str, str], ...] = (
+    ("use_mlflow", "MLflow tracking sends metrics to a server"),
+    ("mlflow_tracking_uri", "MLflow tracking sends metrics to a server"),
+    ("hf_mlflow_log_artifacts", "copies checkpoints to an MLflow artifact store"),
+    ("use_comet", "Comet logs to comet.com"),
+    ("comet_api_key", "Comet logs to comet.com"),
+    ("comet_workspace", "Comet logs to comet.com"),
+    ("comet_project_name", "Comet logs to comet.com"),
+    ("comet_experiment_key", "Comet logs to comet.com"),
+    ("comet_online", "Comet logs to comet.com"),
+    ("use_otel_metrics", "an OpenTelemetry exporter serves metrics over the network"),
+    ("otel_metrics_host", "an OpenTelemetry exporter serves metrics over the network"),
+    ("otel_metrics_port", "an OpenTelemetry exporter serves metrics over the network"),
+    ("use_trackio", "Trackio starts a web dashboard and can sync to a hub Space"),
+    ("trackio_space_id", "Trackio syncs to a hub Space"),
+    ("use_swanlab", "SwanLab logs to a cloud service"),
+    ("swanlab_api_key", "SwanLab logs to a cloud service"),
+    ("swanlab_lark_webhook_url", "posts to a webhook"),
+    ("use_ray", "Ray distributes the run over a cluster outside this host"),
+    ("gradio_share", "opens a public share tunnel"),
+    ("kd_online_server_base_url", "fetches teacher logits from a server"),
+    ("use_vllm", "TRL's vLLM mode talks to a generation server"),
+)
+COMET_OK_MODES = {"disabled", "offline"}
+
+# axolotl plugins whose whole purpose is a remote service.
+ONLINE_PLUGINS = ("swanlab", "hatchery", "nemo_gym")
+
+# Resuming or starting from a directory would read plaintext weights from outside the run.
+FOREIGN_WEIGHTS_KEYS = ("resume_from_checkpoint", "lora_model_dir")
+
+ADAPTERS = ("lora", "qlora")
+
+URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+OUTPUT_DIR = "output"
+PREPARED_DIR = "prepared"
+
+
+@dataclass(frozen=True)
+class DatasetUse:
+    key: str
+    name: str
+    sha256: str
+    schema: str
+    classification: Classification
+    path: Path
+
+
+@dataclass
+class CheckedRun:
+    """A config that passed policy, rewritten to the paths it will run with."""
+
+    source: Path
+    config: dict[str, Any]
+    repo_id: str
+    revision: str
+    model_path: Path
+    datasets: list[DatasetUse] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def classification(self) -> Classification:
+        return max((d.classification for d in self.datasets), default=Classification.public)
+
+    @property
+    def dataset_hashes(self) -> list[str]:
+        return sorted({d.sha256 for d in self.datasets})
+
+    @property
+    def rl(self) -> str | None:
+        rl = self.config.get("rl")
+        return str(rl) if rl else None
+
+    def render(self) -> str:
+        return render_config(self.config)
+
+    @property
+    def config_hash(self) -> str:
+        return hashlib.sha256(self.render().encode()).hexdigest()
+
+
+def render_config(config: dict[str, Any]) -> str:
+    """Canonical YAML bytes: the config hash in the registry is over exactly these."""
+    return yaml.safe_dump(config, sort_keys=True, default_flow_style=False, allow_unicode=True)
+
+
+def load_run_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: unreadable ({exc})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UsageError(f"{path}: not valid YAML{where}") from None
+    if not isinstance(raw, dict):
+        raise UsageError(f"{path}: expected an axolotl config (a mapping at the top level)")
+    return raw
+
+
+class _Refusals:
+    def __init__(self, source: Path) -> None:
+        self.source = source
+        self.lines: list[str] = []
+        self.keys: set[str] = set()
+
+    def add(self, key: str, why: str) -> None:
+        self.keys.add(key)
+        self.lines.append(f"{self.source}: {key}: {why}")
+
+    def raise_any(self) -> None:
+        if self.lines:
+            raise PolicyRefused("\n".join(self.lines))
+
+
+def _set(value: Any) -> bool:
+    """axolotl treats null, '' and false as unset (its examples leave keys empty)."""
+    return value not in (None, "", False, [], {})
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def check(
+    layout: Layout,
+    raw: dict[str, Any],
+    *,
+    source: Path,
+    run_dir: Path,
+    cfg: EnclaveConfig | None = None,
+) -> CheckedRun:
+    """Apply every rule; refuse with all broken rules (one line each) or return the rewrite."""
+    cfg = cfg or load_config(layout)
+    conf = copy.deepcopy(raw)
+    refuse = _Refusals(source)
+
+    model = _check_model(layout, conf, refuse)
+    _check_hub(conf, refuse)
+    _check_trackers(conf, refuse)
+    _check_remote_code(conf, model, cfg, refuse)
+    _check_outputs(layout, conf, refuse)
+    if str(conf.get("adapter") or "").lower() not in ADAPTERS:
+        refuse.add(
+            "adapter", "must be lora or qlora: the enclave seals and registers adapters, not full models"
+        )
+    for key in FOREIGN_WEIGHTS_KEYS:
+        if _set(conf.get(key)):
+            refuse.add(
+                key, "starting from weights outside this run is not allowed (every input must be verified)"
+            )
+    datasets = _check_datasets(layout, conf, cfg, refuse)
+    _check_urls(conf, "", refuse)
+    refuse.raise_any()
+    assert model is not None
+
+    repo_id, revision, model_path = model
+    conf["base_model"] = str(model_path)
+    for key in ("base_model_config", "tokenizer_config"):
+        if _set(conf.get(key)):
+            conf[key] = str(model_path)
+    conf.pop("revision_of_model", None)
+    conf["output_dir"] = str(run_dir / OUTPUT_DIR)
+    conf["dataset_prepared_path"] = str(run_dir / PREPARED_DIR)
+    # Safetensors only: nothing the sealer has to unpickle, one file name to sweep for.
+    conf["save_safetensors"] = True
+    return CheckedRun(
+        source=source,
+        config=conf,
+        repo_id=repo_id,
+        revision=revision,
+        model_path=model_path,
+        datasets=datasets,
+    )
+
+
+def _check_model(layout: Layout, conf: dict, refuse: _Refusals) -> tuple[str, str, Path] | None:
+    from appliance.install.store import resolve_model
+
+    ref = conf.get("base_model")
+    if not _set(ref) or not isinstance(ref, str):
+        refuse.add("base_model", "missing: name an installed model (hub id, id@revision or a store path)")
+        return None
+    try:
+        m = resolve_model(layout, ref)
+    except EnclaveError as exc:
+        refuse.add("base_model", f"not in the installed, verified model store ({exc.message})")
+        return None
+    pinned = conf.get("revision_of_model")
+    if _set(pinned) and str(pinned) != m.revision:
+        refuse.add(
+            "revision_of_model", f"{pinned} is not the installed revision of {m.repo_id} ({m.revision})"
+        )
+    for key in ("base_model_config", "tokenizer_config"):
+        other = conf.get(key)
+        if not _set(other) or other == ref:
+            continue
+        try:
+            o = resolve_model(layout, str(other))
+        except EnclaveError as exc:
+            refuse.add(key, f"not in the installed, verified model store ({exc.message})")
+            continue
+        if (o.repo_id, o.revision) != (m.repo_id, m.revision):
+            refuse.add(key, f"names {o.repo_id}, not the base model {m.repo_id}")
+    return m.repo_id, m.revision, m.path
+
+
+def _check_hub(conf: dict, refuse: _Refusals) -> None:
+    for key in sorted(conf):
+        if (key in HUB_KEYS or key.startswith("push_")) and _set(conf[key]):
+            refuse.add(key, "pushing to or pulling from a hub is not allowed inside the enclave")
+
+
+def _check_trackers(conf: dict, refuse: _Refusals) -> None:
+    mode = conf.get("wandb_mode")
+    if _set(mode) and str(mode).lower() not in WANDB_OK_MODES:
+        refuse.add("wandb_mode", f"{mode!r} logs online; use 'offline' or 'disabled'")
+    elif not _set(mode) or str(mode).lower() not in WANDB_OK_MODES:
+        for key in WANDB_KEYS:
+            if _set(conf.get(key)):
+                refuse.add(key, "W&B would log online; set wandb_mode: offline (or remove it)")
+    comet_mode = conf.get("comet_mode")
+    if _set(comet_mode) and str(comet_mode).lower() not in COMET_OK_MODES:
+        refuse.add("comet_mode", f"{comet_mode!r} logs online; use 'offline' or 'disabled'")
+    comet_offline = _set(comet_mode) and str(comet_mode).lower() in COMET_OK_MODES
+    for key, why in ONLINE_KEYS:
+        if key in ("use_comet", "comet_project_name", "comet_workspace") and comet_offline:
+            continue
+        if _set(conf.get(key)):
+            refuse.add(key, f"{why}; no online trackers or telemetry exporters inside the enclave")
+    plugins = conf.get("plugins") or []
+    if isinstance(plugins, list):
+        for i, plugin in enumerate(plugins):
+            if any(bad in str(plugin).lower() for bad in ONLINE_PLUGINS):
+                refuse.add(f"plugins[{i}]", f"{plugin} talks to a remote service")
+
+
+def _check_remote_code(conf: dict, model: tuple | None, cfg: EnclaveConfig, refuse: _Refusals) -> None:
+    if conf.get("trust_remote_code") is not True:
+        return
+    if model is None:
+        return
+    repo_id = model[0]
+    if repo_id not in cfg.trust_remote_code_allow:
+        refuse.add(
+            "trust_remote_code",
+            f"{repo_id} is not allow-listed (trust_remote_code_allow in the enclave config)",
+        )
+
+
+def _check_outputs(layout: Layout, conf: dict, refuse: _Refusals) -> None:
+    for key in ("output_dir", "dataset_prepared_path"):
+        value = conf.get(key)
+        if not _set(value):
+            continue
+        p = Path(str(value))
+        if p.is_absolute() and not _inside(p, layout.prefix):
+            refuse.add(
+                key, f"{value} is outside the enclave prefix {layout.prefix} (runs write to PREFIX/runs)"
+            )
+
+
+def _dataset_entries(conf: dict, key: str) -> list[tuple[str, Any]]:
+    value = conf.get(key)
+    if not _set(value):
+        return []
+    if isinstance(value, list):
+        return [(f"{key}[{i}]", d) for i, d in enumerate(value)]
+    return [(key, value)]
+
+
+def _check_datasets(layout: Layout, conf: dict, cfg: EnclaveConfig, refuse: _Refusals) -> list[DatasetUse]:
+    from appliance.data.store import resolve_dataset
+
+    used: list[DatasetUse] = []
+    rl = conf.get("rl")
+    entries = [
+        (k, d, "train")
+        for k, d in _dataset_entries(conf, "datasets") + _dataset_entries(conf, "pretraining_dataset")
+    ]
+    entries += [(k, d, "eval") for k, d in _dataset_entries(conf, "test_datasets")]
+    if not any(split == "train" for _, _, split in entries):
+        refuse.add("datasets", "missing: name at least one registered dataset")
+    for key, entry, split in entries:
+        if isinstance(entry, str):
+            entry = {"path": entry}
+        if not isinstance(entry, dict) or not _set(entry.get("path")):
+            refuse.add(f"{key}.path", "missing: name a registered dataset (by name or sha256)")
+            continue
+        ref = str(entry["path"])
+        for bad in ("data_files", "trust_remote_code"):
+            if _set(entry.get(bad)):
+                refuse.add(f"{key}.{bad}", "not allowed: the registered dataset's own files are used")
+        try:
+            rec = resolve_dataset(layout, _dataset_ref(layout, ref))
+        except EnclaveError as exc:
+            refuse.add(
+                f"{key}.path", f"{ref!r} is not a registered dataset ({exc.message}); use `enclave data add`"
+            )
+            continue
+        if rec.classification > cfg.ceiling:
+            refuse.add(
+                f"{key}.path",
+                f"dataset {rec.name!r} is {rec.classification.name}, above this enclave's ceiling "
+                f"({cfg.ceiling.name})",
+            )
+            continue
+        if (
+            rl
+            and str(rl).lower() in ("dpo", "ipo", "orpo", "simpo")
+            and rec.schema != "dpo"
+            and split == "train"
+        ):
+            refuse.add(
+                f"{key}.path", f"dataset {rec.name!r} has schema {rec.schema}; rl: {rl} needs a dpo dataset"
+            )
+            continue
+        if not rl and rec.schema == "dpo":
+            refuse.add(f"{key}.path", f"dataset {rec.name!r} is a dpo dataset; set rl: dpo to train on it")
+            continue
+        path = rec.eval_path if split == "eval" and rec.eval_path else rec.train_path
+        new = dict(entry)
+        new.pop("revision", None)
+        new["path"] = str(path)
+        new["ds_type"] = "json"
+        new.setdefault("split", "train")
+        _replace_entry(conf, key, new)
+        used.append(DatasetUse(key, rec.name, rec.sha256, rec.schema, rec.classification, path))
+    return used
+
+
+def _dataset_ref(layout: Layout, ref: str) -> str:
+    """A path into PREFIX/datasets/SHA/... names the dataset by its hash."""
+    p = Path(ref)
+    if p.is_absolute() and _inside(p, layout.datasets):
+        rel = p.resolve().relative_to(layout.datasets.resolve())
+        if rel.parts:
+            return rel.parts[0]
+    return ref
+
+
+def _replace_entry(conf: dict, key: str, new: dict) -> None:
+    m = re.fullmatch(r"(\w+)\[(\d+)\]", key)
+    if m:
+        conf[m.group(1)][int(m.group(2))] = new
+    else:
+        conf[key] = new
+
+
+def _check_urls(node: Any, key: str, refuse: _Refusals) -> None:
+    """Any URL anywhere is something axolotl or a library could fetch from or send to."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _check_urls(v, f"{key}.{k}" if key else str(k), refuse)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _check_urls(v, f"{key}[{i}]", refuse)
+    elif isinstance(node, str) and URL.match(node.strip()):
+        if key in refuse.keys or key.rsplit(".", 1)[0] in refuse.keys:
+            return
+        refuse.add(key, f"{node.strip()!r} is a network location; everything must come from the enclave")

@@ -1,0 +1,409 @@
+"""One training run, from a checked config to a sealed adapter and a clean run directory.
+
+axolotl runs in a child process: from the current release's venv (or the venv that
+ENCLAVE_TRAINER_VENV names, for development and tests, where no release is installed),
+with the offline environment, every cache pointed into the run directory, and no network
+(a fresh network namespace from `unshare -n`, or the private network the trainer service
+already runs in). Its output is streamed to the terminal and to the run log as it comes.
+
+Crash safety is in the order of operations plus the state file: the adapter is sealed
+(encrypted, verified to decrypt, registered) before any plaintext is removed, and every
+phase is recorded before it starts, so `appliance.train.sweep` can finish the cleanup of a
+run whose process died at any point.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import glob
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from appliance.errors import EnclaveError
+from appliance.offline import offline_environ
+from appliance.paths import Layout
+from appliance.train import policy
+from appliance.train import state as st
+from appliance.train.errors import (
+    NoNetworkIsolation,
+    SealFailed,
+    TrainerUnavailable,
+    TrainingFailed,
+)
+from appliance.train.metrics import Metrics
+from appliance.train.report import write_report
+from appliance.train.sweep import remove_plaintext, sweep
+
+TRAINER_VENV_ENV = "ENCLAVE_TRAINER_VENV"
+ALLOW_NETWORK_ENV = "ENCLAVE_ALLOW_NETWORK"
+# Fault injection for the crash tests: the run SIGKILLs itself right after recording this phase.
+CRASH_AT_ENV = "ENCLAVE_TRAIN_CRASH_AT"
+
+FRAMEWORKS = ("axolotl", "torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate", "datasets")
+
+# A new network namespace has a loopback that is down; torch.distributed (several GPUs)
+# rendezvous on 127.0.0.1, so bring `lo` up (SIOCGIFFLAGS/SIOCSIFFLAGS, IFF_UP), then exec.
+# Loopback in a fresh namespace reaches nothing outside it.
+_LO_UP_EXEC = (
+    "import fcntl,os,socket,struct,sys\n"
+    "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+    "f=struct.unpack('16sH14s',fcntl.ioctl(s,0x8913,struct.pack('16sH14s',b'lo',0,b'')))[1]\n"
+    "fcntl.ioctl(s,0x8914,struct.pack('16sH14s',b'lo',f|1,b''))\n"
+    "os.execv(sys.argv[1],sys.argv[1:])\n"
+)
+
+
+@dataclass(frozen=True)
+class TrainerEnv:
+    venv: Path
+    origin: str
+
+    @property
+    def bin(self) -> Path:
+        return self.venv / "bin"
+
+    @property
+    def python(self) -> Path:
+        return self.bin / "python"
+
+    def site_packages(self) -> list[str]:
+        return sorted(glob.glob(str(self.venv / "lib" / "python*" / "site-packages")))
+
+    def has_axolotl(self) -> bool:
+        return any((Path(sp) / "axolotl" / "__init__.py").is_file() for sp in self.site_packages())
+
+    def frameworks(self) -> dict[str, str]:
+        from importlib.metadata import distributions
+
+        found: dict[str, str] = {}
+        for dist in distributions(path=self.site_packages()):
+            name = (dist.metadata["Name"] or "").lower()
+            if name in FRAMEWORKS and name not in found:
+                found[name] = dist.version
+        m = re.search(r"python(\d+\.\d+)", " ".join(self.site_packages()))
+        if m:
+            found["python"] = m.group(1)
+        return dict(sorted(found.items()))
+
+
+def trainer_env(layout: Layout) -> TrainerEnv:
+    """The venv axolotl runs from: the current release's, unless ENCLAVE_TRAINER_VENV names one."""
+    override = os.environ.get(TRAINER_VENV_ENV)
+    if override:
+        env = TrainerEnv(Path(override).absolute(), f"{TRAINER_VENV_ENV}={override}")
+    else:
+        from appliance.install.releases import current_release
+
+        try:
+            rel = current_release(layout)
+        except EnclaveError as exc:
+            raise TrainerUnavailable(f"no training environment: {exc.message}") from None
+        env = TrainerEnv(rel.venv, f"release {rel.release_name}")
+    if not env.python.exists():
+        raise TrainerUnavailable(f"{env.venv}: not a venv (no bin/python) [{env.origin}]")
+    if not env.has_axolotl():
+        raise TrainerUnavailable(f"{env.venv}: axolotl is not installed in it [{env.origin}]")
+    return env
+
+
+@dataclass(frozen=True)
+class Isolation:
+    argv: tuple[str, ...]
+    how: str
+
+
+def _interfaces() -> list[str]:
+    try:
+        return sorted(os.listdir("/sys/class/net"))
+    except OSError:
+        return []
+
+
+def network_isolation() -> Isolation:
+    """How the trainer is kept off the network, or a refusal saying why it cannot be."""
+    if shutil.which("unshare"):
+        probe = subprocess.run(["unshare", "-n", "true"], capture_output=True)
+        if probe.returncode == 0:
+            return Isolation(
+                ("unshare", "-n", sys.executable, "-c", _LO_UP_EXEC), "unshare -n (new network namespace)"
+            )
+    if [i for i in _interfaces() if i != "lo"] == []:
+        return Isolation(
+            (), "already in a network namespace with loopback only (e.g. systemd PrivateNetwork=yes)"
+        )
+    if os.environ.get(ALLOW_NETWORK_ENV) == "1":
+        return Isolation((), f"NONE: {ALLOW_NETWORK_ENV}=1 (the host itself must be cut off)")
+    raise NoNetworkIsolation(
+        "cannot start the trainer without network: `unshare -n` failed here and this process "
+        f"sees network interfaces ({', '.join(_interfaces())}); run as root, under the trainer "
+        f"service (PrivateNetwork=yes), or on a host with no route out set {ALLOW_NETWORK_ENV}=1"
+    )
+
+
+def new_run_id() -> str:
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def adapter_name_for(yaml_path: Path) -> str:
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", yaml_path.stem).strip("-.") or "adapter"
+    return name[:64]
+
+
+def check_only(layout: Layout, yaml_path: Path) -> policy.CheckedRun:
+    """`enclave train --check`: the policy alone, nothing written."""
+    raw = policy.load_run_yaml(yaml_path)
+    return policy.check(layout, raw, source=yaml_path, run_dir=layout.runs / "RUN_ID")
+
+
+def _set_pdeathsig() -> None:
+    # If `enclave train` dies, the kernel kills the trainer too (PR_SET_PDEATHSIG = 1).
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+
+
+def trainer_command(env: TrainerEnv, config: Path, gpus: int) -> list[str]:
+    if gpus > 1:
+        # axolotl's own multi-GPU path: accelerate launch, FSDP/DeepSpeed from the YAML.
+        return [
+            str(env.python), "-m", "accelerate.commands.launch",
+            "--num_processes", str(gpus), "--num_machines", "1", "--dynamo_backend", "no",
+            "-m", "axolotl.cli.train", str(config),
+        ]  # fmt: skip
+    return [str(env.python), "-m", "axolotl.cli.train", str(config)]
+
+
+def trainer_environ(env: TrainerEnv, run_dir: Path) -> dict[str, str]:
+    """The offline switches, and every cache or temp dir axolotl touches inside the run."""
+    hf = run_dir / "hf"
+    tmp = run_dir / "tmp"
+    tmp.mkdir(mode=0o700, exist_ok=True)
+    return offline_environ(
+        HF_HOME=str(hf),
+        HF_DATASETS_CACHE=str(hf / "datasets"),
+        TMPDIR=str(tmp),
+        XDG_CACHE_HOME=str(tmp / "cache"),
+        TRITON_CACHE_DIR=str(tmp / "triton"),
+        TORCHINDUCTOR_CACHE_DIR=str(tmp / "inductor"),
+        WANDB_DIR=str(run_dir / "wandb"),
+        VIRTUAL_ENV=str(env.venv),
+        PATH=f"{env.bin}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
+        PYTHONUNBUFFERED="1",
+        PYTHONNOUSERSITE="1",
+    )
+
+
+def _crash_point(phase: str) -> None:
+    if os.environ.get(CRASH_AT_ENV) == phase:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _Stream:
+    """Tee the trainer's bytes to the terminal and the log; feed whole lines to the metrics."""
+
+    def __init__(self, log: IO[bytes], echo: IO[bytes] | None, metrics: Metrics) -> None:
+        self.log, self.echo, self.metrics = log, echo, metrics
+        self.pending = ""
+        self.last_line = ""
+
+    def write(self, data: bytes) -> None:
+        self.log.write(data)
+        self.log.flush()
+        if self.echo is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self.echo.write(data)
+                self.echo.flush()
+        parts = re.split(r"[\r\n]", self.pending + data.decode(errors="replace"))
+        self.pending = parts.pop()
+        for line in parts:
+            self._line(line)
+
+    def _line(self, line: str) -> None:
+        self.metrics.feed(line)
+        if line.strip() and not line.lstrip().startswith(("{", "[A")) and "%|" not in line:
+            self.last_line = line.strip()
+
+    def close(self) -> None:
+        if self.pending:
+            self._line(self.pending)
+            self.pending = ""
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    run_dir: Path
+    adapter: Any
+    metrics: Metrics
+    provenance: dict[str, Any]
+
+    @property
+    def report(self) -> Path:
+        return self.run_dir / st.REPORT
+
+
+def train(
+    layout: Layout,
+    yaml_path: Path,
+    *,
+    name: str | None = None,
+    gpus: int = 1,
+    echo: IO[bytes] | None = None,
+    say: Callable[[str], None] = lambda _m: None,
+) -> RunResult:
+    from appliance.adapters.registry import adapters_key, seal_adapter
+
+    for s in sweep(layout):
+        say(f"swept {s.run_id} (was {s.phase}): removed {len(s.removed)} plaintext entries")
+    raw = policy.load_run_yaml(yaml_path)
+    run_id = new_run_id()
+    run_dir = layout.runs / run_id
+    checked = policy.check(layout, raw, source=yaml_path, run_dir=run_dir)
+    name = name or adapter_name_for(yaml_path)
+    from appliance.adapters.registry import parse_ref
+
+    parse_ref(name)
+    env = trainer_env(layout)
+    iso = network_isolation()
+    # The key is loaded before hours of training, not after: a run that cannot be sealed
+    # would only produce plaintext to throw away.
+    key = adapters_key(layout)
+
+    layout.runs.mkdir(parents=True, exist_ok=True)
+    os.chmod(layout.runs, 0o700)
+    run_dir.mkdir(mode=0o700)
+    state = st.new_state(run_id, yaml_path)
+    st.write_state(run_dir, state)
+    (run_dir / st.SOURCE).write_text(yaml_path.read_text())
+    config_path = run_dir / st.CONFIG
+    config_text = checked.render()
+    from appliance.fsutil import atomic_write_text
+
+    atomic_write_text(config_path, config_text, 0o600)
+    frameworks = env.frameworks()
+    cmd = [*iso.argv, *trainer_command(env, config_path, gpus)]
+    started = st.now()
+    provenance: dict[str, Any] = {
+        "run_id": run_id,
+        "adapter": None,
+        "base_model": f"{checked.repo_id}@{checked.revision}",
+        "base_model_path": str(checked.model_path),
+        "datasets": [
+            {
+                "key": d.key,
+                "name": d.name,
+                "sha256": d.sha256,
+                "schema": d.schema,
+                "classification": d.classification.name,
+            }
+            for d in checked.datasets
+        ],
+        "classification": checked.classification.name,
+        "config_hash": checked.config_hash,
+        "rl": checked.rl,
+        "frameworks": frameworks,
+        "trainer": env.origin,
+        "network_isolation": iso.how,
+        "gpus": gpus,
+        "started": started,
+    }
+    st.write_state(run_dir, state, phase="training", config_hash=checked.config_hash, adapter_name=name)
+    say(f"run {run_id}: {checked.repo_id}@{checked.revision[:12]}, {len(checked.datasets)} dataset(s), "
+        f"classification {checked.classification.name}; network: {iso.how}")  # fmt: skip
+
+    metrics = Metrics()
+    with open(run_dir / st.LOG, "ab", buffering=0) as log:
+        os.fchmod(log.fileno(), 0o600)
+        stream = _Stream(log, echo, metrics)
+        log.write(f"$ {' '.join(cmd)}\n".encode())
+        proc = subprocess.Popen(
+            cmd,
+            cwd=run_dir,
+            env=trainer_environ(env, run_dir),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_set_pdeathsig,
+        )
+        st.write_state(run_dir, state, trainer_pgid=proc.pid, trainer_start=st.proc_start_time(proc.pid))
+        try:
+            assert proc.stdout is not None
+            while chunk := os.read(proc.stdout.fileno(), 1 << 16):
+                stream.write(chunk)
+            rc = proc.wait()
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            _fail(run_dir, state, metrics, "interrupted")
+            raise
+        stream.close()
+    metrics.write(run_dir / st.METRICS)
+    if rc != 0:
+        _fail(run_dir, state, metrics, f"axolotl exited with {rc}")
+        raise TrainingFailed(
+            f"{yaml_path}: axolotl exited with {rc} (run {run_id}; log {run_dir / st.LOG}): "
+            f"{stream.last_line or 'no output'}"
+        )
+    st.write_state(run_dir, state, phase="trained", trainer_pgid=None)
+    _crash_point("trained")
+
+    st.write_state(run_dir, state, phase="sealing")
+    try:
+        rec = seal_adapter(
+            layout,
+            run_dir / policy.OUTPUT_DIR,
+            name=name,
+            run_id=run_id,
+            base_model_id=checked.repo_id,
+            base_revision=checked.revision,
+            dataset_hashes=checked.dataset_hashes,
+            config_hash=checked.config_hash,
+            classification=checked.classification,
+            train_loss=metrics.train_loss,
+            eval_loss=metrics.eval_loss,
+            frameworks=frameworks,
+            key=key,
+        )
+    except EnclaveError as exc:
+        _fail(run_dir, state, metrics, f"seal failed: {exc.message}")
+        raise SealFailed(
+            f"run {run_id}: the adapter was not sealed ({exc.message}); plaintext removed"
+        ) from None
+    adapter = {"name": rec.name, "version": rec.version, "ciphertext_sha256": rec.ciphertext_sha256}
+    st.write_state(run_dir, state, phase="sealed", adapter=adapter)
+    _crash_point("sealed")
+
+    provenance.update(
+        adapter=f"{rec.name}@{rec.version}",
+        ciphertext_sha256=rec.ciphertext_sha256,
+        plaintext_sha256=rec.plaintext_sha256,
+        train_loss=metrics.train_loss,
+        eval_loss=metrics.eval_loss,
+        tokens_per_second=metrics.tokens_per_second(),
+        finished=st.now(),
+    )
+    atomic_write_text(run_dir / st.PROVENANCE, json.dumps(provenance, indent=2, sort_keys=True) + "\n", 0o600)
+    write_report(run_dir, provenance, metrics, config_text)
+    removed = remove_plaintext(run_dir)
+    st.write_state(run_dir, state, phase="cleaned", removed=removed)
+    return RunResult(run_id, run_dir, rec, metrics, provenance)
+
+
+def _fail(run_dir: Path, state: dict, metrics: Metrics, why: str) -> None:
+    """A failed run keeps its record (log, metrics, configs) and nothing else."""
+    metrics.write(run_dir / st.METRICS)
+    remove_plaintext(run_dir)
+    st.write_state(run_dir, state, phase="failed", error=why, trainer_pgid=None)

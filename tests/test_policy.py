@@ -1,0 +1,502 @@
+"""The training policy: every rule refused with one line naming the key, on real axolotl configs.
+
+The configs start from axolotl's own examples (examples/llama-3/qlora.yml, lora-1b.yml,
+instruct-dpo-lora-8b.yml, opentelemetry-qlora.yml in the axolotl repository), with
+base_model and dataset paths pointed at this enclave's installed model and registered
+datasets; each test then adds the one thing a rule forbids.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import run_enclave
+from train_support import MODEL, RECIPES, enclave_prefix
+
+from appliance.config import EnclaveConfig
+from appliance.data.store import resolve_dataset
+from appliance.install.store import resolve_model
+from appliance.paths import Layout
+from appliance.train import policy
+from appliance.train.errors import PolicyRefused
+
+QLORA = f"""
+base_model: {MODEL}
+model_type: AutoModelForCausalLM
+tokenizer_type: AutoTokenizer
+
+load_in_8bit: false
+load_in_4bit: true
+strict: false
+
+datasets:
+  - path: tickets
+    type: alpaca
+dataset_prepared_path:
+val_set_size: 0
+output_dir: ./outputs/qlora-out
+
+adapter: qlora
+lora_model_dir:
+
+sequence_len: 4096
+sample_packing: true
+pad_to_sequence_len: true
+
+lora_r: 32
+lora_alpha: 16
+lora_dropout: 0.05
+lora_target_modules:
+lora_target_linear: true
+lora_fan_in_fan_out:
+
+wandb_project:
+wandb_entity:
+wandb_watch:
+wandb_name:
+wandb_log_model:
+
+gradient_accumulation_steps: 4
+micro_batch_size: 2
+num_epochs: 4
+optimizer: paged_adamw_32bit
+lr_scheduler: cosine
+learning_rate: 0.0002
+
+train_on_inputs: false
+group_by_length: false
+bf16: auto
+fp16:
+tf32: false
+
+gradient_checkpointing: true
+early_stopping_patience:
+resume_from_checkpoint:
+local_rank:
+logging_steps: 1
+xformers_attention:
+flash_attention: true
+
+warmup_steps: 10
+evals_per_epoch: 4
+eval_table_size:
+saves_per_epoch: 1
+debug:
+deepspeed:
+weight_decay: 0.0
+fsdp:
+fsdp_config:
+special_tokens:
+  pad_token: "<|end_of_text|>"
+"""
+
+LORA_1B = f"""
+base_model: {MODEL}
+load_in_8bit: false
+load_in_4bit: false
+strict: false
+datasets:
+  - path: tickets
+    type: alpaca
+dataset_prepared_path: last_run_prepared
+val_set_size: 0.1
+output_dir: ./outputs/lora-out
+adapter: lora
+lora_model_dir:
+sequence_len: 2048
+sample_packing: true
+eval_sample_packing: true
+pad_to_sequence_len: true
+lora_r: 16
+lora_alpha: 32
+lora_dropout: 0.05
+lora_target_modules: [gate_proj, down_proj, up_proj, q_proj, v_proj, k_proj, o_proj]
+wandb_project:
+wandb_entity:
+gradient_accumulation_steps: 2
+micro_batch_size: 2
+num_epochs: 1
+optimizer: adamw_8bit
+lr_scheduler: cosine
+learning_rate: 0.0002
+bf16: auto
+gradient_checkpointing: true
+logging_steps: 1
+loss_watchdog_threshold: 5.0
+loss_watchdog_patience: 3
+warmup_steps: 10
+evals_per_epoch: 4
+saves_per_epoch: 1
+weight_decay: 0.0
+special_tokens:
+  pad_token: "<|end_of_text|>"
+"""
+
+DPO = f"""
+base_model: {MODEL}
+model_type: LlamaForCausalLM
+tokenizer_type: AutoTokenizer
+# Automatically upload checkpoint and final model to HF
+# hub_model_id: username/custom_model_name
+load_in_8bit: true
+load_in_4bit: false
+chat_template: llama3
+rl: dpo
+datasets:
+  - path: prefs
+    type: chatml.prompt_pairs
+dataset_prepared_path:
+val_set_size: 0.05
+output_dir: ./outputs/lora-out
+sequence_len: 4096
+adapter: lora
+lora_r: 32
+lora_alpha: 16
+lora_target_linear: true
+gradient_accumulation_steps: 4
+micro_batch_size: 2
+num_epochs: 4
+optimizer: adamw_bnb_8bit
+learning_rate: 0.0002
+bf16: auto
+gradient_checkpointing: true
+logging_steps: 1
+"""
+
+OTEL = f"""
+base_model: {MODEL}
+model_type: AutoModelForCausalLM
+tokenizer_type: AutoTokenizer
+load_in_4bit: true
+datasets:
+  - path: tickets
+    type: alpaca
+output_dir: ./outputs/opentelemetry-example
+adapter: qlora
+sequence_len: 512
+lora_r: 32
+lora_alpha: 16
+lora_target_linear: true
+# OpenTelemetry Configuration
+use_otel_metrics: true
+otel_metrics_host: "localhost"
+otel_metrics_port: 8000
+# Disable WandB
+use_wandb: false
+micro_batch_size: 2
+num_epochs: 1
+learning_rate: 0.0002
+"""
+
+
+@pytest.fixture(scope="module")
+def prefix(make_install_bundle, install_parts, tmp_path_factory) -> Path:
+    return enclave_prefix(make_install_bundle, install_parts, tmp_path_factory)
+
+
+@pytest.fixture
+def lay(prefix) -> Layout:
+    return Layout.at(prefix)
+
+
+def run_check(lay: Layout, text_or_conf, tmp_path: Path, cfg: EnclaveConfig | None = None):
+    conf = yaml.safe_load(text_or_conf) if isinstance(text_or_conf, str) else text_or_conf
+    return policy.check(lay, conf, source=tmp_path / "run.yml", run_dir=lay.runs / "RUN", cfg=cfg)
+
+
+def refusals(lay: Layout, conf, tmp_path: Path, cfg: EnclaveConfig | None = None) -> list[str]:
+    with pytest.raises(PolicyRefused) as exc:
+        run_check(lay, conf, tmp_path, cfg)
+    lines = str(exc.value).splitlines()
+    assert all(line.startswith(f"{tmp_path / 'run.yml'}: ") for line in lines)
+    assert exc.value.exit_code == 51
+    return lines
+
+
+def with_(text: str, **changes) -> dict:
+    conf = yaml.safe_load(text)
+    conf.update(changes)
+    return conf
+
+
+def one_refusal(lay, conf, tmp_path, key: str, why: str, cfg=None) -> None:
+    lines = refusals(lay, conf, tmp_path, cfg)
+    assert len(lines) == 1, lines
+    assert f": {key}: " in lines[0], lines
+    assert why in lines[0], lines
+
+
+# --- what passes, and how it is rewritten ------------------------------------------------
+
+
+@pytest.mark.parametrize("example", [QLORA, LORA_1B, DPO], ids=["qlora", "lora-1b", "dpo"])
+def test_axolotl_examples_pass_and_are_pinned_to_the_enclave(lay, tmp_path, example):
+    checked = run_check(lay, example, tmp_path)
+    model = resolve_model(lay, MODEL)
+    conf = checked.config
+    assert conf["base_model"] == str(model.path)
+    assert (checked.repo_id, checked.revision) == (model.repo_id, model.revision)
+    name = yaml.safe_load(example)["datasets"][0]["path"]
+    rec = resolve_dataset(lay, name)
+    assert conf["datasets"][0]["path"] == str(rec.train_path)
+    assert conf["datasets"][0]["ds_type"] == "json"
+    assert conf["output_dir"] == str(lay.runs / "RUN" / "output")
+    assert conf["dataset_prepared_path"] == str(lay.runs / "RUN" / "prepared")
+    assert checked.dataset_hashes == [rec.sha256]
+    assert checked.classification.name == "internal"
+    # The hash is over the rewritten config: the same YAML gives the same hash.
+    assert checked.config_hash == run_check(lay, example, tmp_path).config_hash
+
+
+def test_recipes_pass_with_their_names_swapped_in(lay, tmp_path):
+    for recipe in ("tiny-cpu.yml", "dpo-tiny-cpu.yml", "qlora-8b.yml", "dpo-8b.yml", "qlora-8b-fsdp.yml"):
+        conf = yaml.safe_load((RECIPES / recipe).read_text())
+        conf["base_model"] = MODEL
+        run_check(lay, conf, tmp_path)
+
+
+def test_datasets_by_hash_and_by_store_path(lay, tmp_path):
+    rec = resolve_dataset(lay, "tickets")
+    for ref in (rec.sha256, rec.sha256[:16], str(rec.train_path)):
+        conf = with_(LORA_1B, datasets=[{"path": ref, "type": "alpaca"}])
+        assert run_check(lay, conf, tmp_path).datasets[0].name == "tickets"
+
+
+def test_test_datasets_use_the_held_out_split(lay, tmp_path):
+    rec = resolve_dataset(lay, "tickets")
+    assert rec.eval_path is not None
+    conf = with_(
+        LORA_1B, val_set_size=0, test_datasets=[{"path": "tickets", "type": "alpaca", "split": "train"}]
+    )
+    checked = run_check(lay, conf, tmp_path)
+    assert checked.config["test_datasets"][0]["path"] == str(rec.eval_path)
+
+
+def test_a_store_path_is_a_model_reference(lay, tmp_path):
+    model = resolve_model(lay, MODEL)
+    checked = run_check(lay, with_(LORA_1B, base_model=str(model.path)), tmp_path)
+    assert checked.repo_id == MODEL
+
+
+def test_offline_wandb_and_allow_listed_remote_code_pass(lay, tmp_path):
+    run_check(lay, with_(LORA_1B, wandb_project="local", wandb_mode="offline"), tmp_path)
+    cfg = EnclaveConfig(trust_remote_code_allow=[MODEL])
+    run_check(lay, with_(LORA_1B, trust_remote_code=True), tmp_path, cfg)
+
+
+# --- each rule, refused with its key ------------------------------------------------------
+
+
+def test_base_model_not_installed(lay, tmp_path):
+    one_refusal(
+        lay, with_(QLORA, base_model="NousResearch/Meta-Llama-3-8B"), tmp_path, "base_model", "not in"
+    )
+
+
+def test_base_model_path_outside_the_store(lay, tmp_path, tiny_model_dir):
+    # The very same files, but not the verified copy: refused.
+    one_refusal(lay, with_(QLORA, base_model=str(tiny_model_dir)), tmp_path, "base_model", "not in")
+
+
+def test_base_model_missing(lay, tmp_path):
+    conf = yaml.safe_load(QLORA)
+    del conf["base_model"]
+    one_refusal(lay, conf, tmp_path, "base_model", "missing")
+
+
+def test_pinned_revision_must_match(lay, tmp_path):
+    one_refusal(
+        lay, with_(QLORA, revision_of_model="main"), tmp_path, "revision_of_model", "installed revision"
+    )
+
+
+def test_dataset_from_the_hub_is_refused(lay, tmp_path):
+    conf = with_(QLORA, datasets=[{"path": "tatsu-lab/alpaca", "type": "alpaca"}])
+    one_refusal(lay, conf, tmp_path, "datasets[0].path", "not a registered dataset")
+
+
+def test_dataset_from_a_local_file_is_refused(lay, tmp_path):
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text('{"instruction": "a", "input": "", "output": "b"}\n')
+    conf = with_(QLORA, datasets=[{"path": str(raw), "ds_type": "json", "type": "alpaca"}])
+    one_refusal(lay, conf, tmp_path, "datasets[0].path", "not a registered dataset")
+
+
+def test_dataset_url_is_refused(lay, tmp_path):
+    conf = with_(QLORA, datasets=[{"path": "s3://bucket/train.jsonl", "type": "alpaca"}])
+    one_refusal(lay, conf, tmp_path, "datasets[0].path", "not a registered dataset")
+
+
+def test_test_dataset_and_data_files(lay, tmp_path):
+    conf = with_(LORA_1B, test_datasets=[{"path": "mhenrichsen/alpaca_2k_test", "type": "alpaca"}])
+    one_refusal(lay, conf, tmp_path, "test_datasets[0].path", "not a registered dataset")
+    conf = with_(LORA_1B, datasets=[{"path": "tickets", "type": "alpaca", "data_files": ["/etc/passwd"]}])
+    one_refusal(lay, conf, tmp_path, "datasets[0].data_files", "not allowed")
+
+
+def test_no_datasets(lay, tmp_path):
+    one_refusal(lay, with_(QLORA, datasets=None), tmp_path, "datasets", "missing")
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("hub_model_id", "acme/leaked-adapter"),
+        ("hub_strategy", "every_save"),
+        ("push_dataset_to_hub", "acme/prepared"),
+        ("push_to_hub", True),
+        ("hf_use_auth_token", True),
+    ],
+)
+def test_hub_push(lay, tmp_path, key, value):
+    one_refusal(lay, with_(QLORA, **{key: value}), tmp_path, key, "hub")
+
+
+def test_online_wandb(lay, tmp_path):
+    one_refusal(lay, with_(QLORA, wandb_project="acme"), tmp_path, "wandb_project", "W&B")
+    one_refusal(lay, with_(QLORA, use_wandb=True), tmp_path, "use_wandb", "W&B")
+    one_refusal(lay, with_(QLORA, wandb_mode="online", wandb_project="x"), tmp_path, "wandb_mode", "online")
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("mlflow_tracking_uri", "http://mlflow.internal:5000"),
+        ("use_mlflow", True),
+        ("use_comet", True),
+        ("comet_api_key", "abc"),
+        ("use_trackio", True),
+        ("use_swanlab", True),
+        ("use_ray", True),
+    ],
+)
+def test_online_trackers(lay, tmp_path, key, value):
+    lines = refusals(lay, with_(QLORA, **{key: value}), tmp_path)
+    assert any(f": {key}: " in line for line in lines), lines
+
+
+def test_opentelemetry_example_is_refused_key_by_key(lay, tmp_path):
+    lines = refusals(lay, OTEL, tmp_path)
+    assert sorted(line.split(": ")[1] for line in lines) == [
+        "otel_metrics_host",
+        "otel_metrics_port",
+        "use_otel_metrics",
+    ]
+    assert all("telemetry" in line for line in lines)
+
+
+def test_online_plugin(lay, tmp_path):
+    conf = with_(QLORA, plugins=["axolotl.integrations.swanlab.SwanLabPlugin"])
+    one_refusal(lay, conf, tmp_path, "plugins[0]", "remote service")
+
+
+def test_trust_remote_code_needs_the_allow_list(lay, tmp_path):
+    one_refusal(lay, with_(QLORA, trust_remote_code=True), tmp_path, "trust_remote_code", "not allow-listed")
+    cfg = EnclaveConfig(trust_remote_code_allow=["someone/else"])
+    one_refusal(
+        lay, with_(QLORA, trust_remote_code=True), tmp_path, "trust_remote_code", "not allow-listed", cfg
+    )
+
+
+def test_output_outside_the_prefix(lay, tmp_path):
+    one_refusal(
+        lay, with_(QLORA, output_dir="/tmp/exfil"), tmp_path, "output_dir", "outside the enclave prefix"
+    )
+    conf = with_(QLORA, dataset_prepared_path="/dev/shm/prepared")
+    one_refusal(lay, conf, tmp_path, "dataset_prepared_path", "outside the enclave prefix")
+
+
+def test_output_inside_the_prefix_is_moved_into_the_run(lay, tmp_path):
+    checked = run_check(lay, with_(QLORA, output_dir=str(lay.prefix / "elsewhere")), tmp_path)
+    assert checked.config["output_dir"] == str(lay.runs / "RUN" / "output")
+
+
+def test_classification_ceiling(lay, tmp_path):
+    conf = with_(LORA_1B, datasets=[{"path": "vault", "type": "alpaca"}])
+    assert run_check(lay, conf, tmp_path).classification.name == "secret"
+    one_refusal(
+        lay, conf, tmp_path, "datasets[0].path", "above this enclave's ceiling (confidential)",
+        EnclaveConfig(classification_ceiling="confidential"),
+    )  # fmt: skip
+
+
+def test_mixed_datasets_take_the_highest_classification(lay, tmp_path):
+    conf = with_(
+        LORA_1B, datasets=[{"path": "tickets", "type": "alpaca"}, {"path": "vault", "type": "alpaca"}]
+    )
+    assert run_check(lay, conf, tmp_path).classification.name == "secret"
+
+
+def test_full_fine_tune_is_refused(lay, tmp_path):
+    one_refusal(lay, with_(LORA_1B, adapter=None), tmp_path, "adapter", "lora or qlora")
+
+
+@pytest.mark.parametrize("key", ["lora_model_dir", "resume_from_checkpoint"])
+def test_foreign_weights(lay, tmp_path, key):
+    one_refusal(lay, with_(LORA_1B, **{key: "/tmp/some-adapter"}), tmp_path, key, "outside this run")
+
+
+def test_dpo_needs_preference_data_and_sft_refuses_it(lay, tmp_path):
+    conf = with_(DPO, datasets=[{"path": "tickets", "type": "chatml.prompt_pairs"}])
+    one_refusal(lay, conf, tmp_path, "datasets[0].path", "needs a dpo dataset")
+    conf = with_(LORA_1B, datasets=[{"path": "prefs", "type": "alpaca"}])
+    one_refusal(lay, conf, tmp_path, "datasets[0].path", "set rl: dpo")
+
+
+def test_any_url_anywhere(lay, tmp_path):
+    conf = with_(QLORA, chat_template_jinja="https://example.com/template.jinja")
+    one_refusal(lay, conf, tmp_path, "chat_template_jinja", "network location")
+
+
+def test_every_broken_rule_is_its_own_line(lay, tmp_path):
+    conf = with_(
+        QLORA, hub_model_id="acme/x", wandb_project="acme", output_dir="/tmp/x", trust_remote_code=True
+    )
+    keys = sorted(line.split(": ")[1] for line in refusals(lay, conf, tmp_path))
+    assert keys == ["hub_model_id", "output_dir", "trust_remote_code", "wandb_project"]
+
+
+def test_nothing_is_changed_in_the_callers_dict(lay, tmp_path):
+    conf = yaml.safe_load(QLORA)
+    before = copy.deepcopy(conf)
+    run_check(lay, conf, tmp_path)
+    assert conf == before
+
+
+# --- through the CLI: `enclave train --check` -------------------------------------------
+
+
+def test_check_cli_refusal_is_one_line_and_exit_51(prefix, tmp_path):
+    bad = tmp_path / "run.yml"
+    bad.write_text(QLORA + "hub_model_id: acme/leaked\n")
+    proc = run_enclave("train", "--check", str(bad), "--prefix", str(prefix))
+    assert proc.returncode == 51, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "hub_model_id" in lines[0] and str(bad) in lines[0]
+    assert not (prefix / "runs").exists() or not any((prefix / "runs").iterdir())
+
+
+def test_check_cli_ok_and_json(prefix, tmp_path):
+    good = tmp_path / "run.yml"
+    good.write_text(LORA_1B)
+    proc = run_enclave("train", "--check", str(good), "--prefix", str(prefix), "--json")
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    report = json.loads(proc.stdout)
+    assert report["ok"] and report["classification"] == "internal"
+    assert report["datasets"][0]["name"] == "tickets"
+
+
+def test_check_cli_bad_yaml(prefix, tmp_path):
+    bad = tmp_path / "run.yml"
+    bad.write_text("base_model: [unclosed\n")
+    proc = run_enclave("train", "--check", str(bad), "--prefix", str(prefix))
+    assert proc.returncode == 2 and "not valid YAML" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_enclave("train", "--check", str(tmp_path / "missing.yml"), "--prefix", str(prefix))
+    assert proc.returncode == 2 and "no such file" in proc.stderr
