@@ -70,7 +70,10 @@ def load_peft_model(layout: Layout, rec: AdapterRecord, key: DataKey | None = No
     from peft import get_peft_model, set_peft_model_state_dict
     from safetensors.torch import load as load_safetensors
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     files = load_plaintext(layout, rec, key)
     where = f"{rec.ref} ({rec.ciphertext_path(layout).name})"
     try:
