@@ -5,7 +5,6 @@ result by the appliance verifier and by the third-party `model_signing` CLI."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -140,8 +139,6 @@ def test_two_signers_each_check_with_the_third_party_cli(built, officer_keys):
 
 
 def test_the_appliance_verifier_accepts_it(built, officer_keys):
-    if importlib.util.find_spec("appliance.bundle.verify") is None:
-        pytest.skip("appliance.bundle.verify has not landed yet (issue 3, appliance side)")
     out, _ = built
     proc = run_enclave(
         "verify", str(out), "--trust", str(officer_keys["alice.pub"]), "--trust", str(officer_keys["bob.pub"])
@@ -184,10 +181,10 @@ def test_a_wrong_passphrase_fails_before_anything_is_fetched(tmp_path, officer_k
 
 
 def test_wheels_are_resolved_for_the_target_not_the_build_machine(tmp_path, officer_keys):
-    """An aarch64 host gets aarch64 wheels even when the officer builds on x86_64."""
-    manifest = tmp_path / "arm.yaml"
-    manifest.write_text(
-        """\
+    """An aarch64 host gets aarch64 wheels even when the officer builds on x86_64; and a
+    rerun after a failure keeps the wheel it already has (pip is not even asked)."""
+    (tmp_path / "n.txt").write_bytes(NOTE)
+    text = """\
 apiVersion: enclave.dev/v1
 name: arm
 version: "0.1.0"
@@ -195,18 +192,37 @@ target: {python: "3.11", manylinux: manylinux_2_28, arch: aarch64}
 python:
   requirements: ["pyyaml==6.0.2"]
   enclave: false
+files:
+  - {path: n.txt, sha256: "SHA"}
 """
-    )
+    manifest = tmp_path / "arm.yaml"
     out = tmp_path / "b"
-    proc = run_enclave(
-        "bundle", "create", str(manifest), "-o", str(out), "--key", str(officer_keys["bob.key"])
+    args = (
+        "bundle",
+        "create",
+        str(manifest),
+        "-o",
+        str(out),
+        "--key",
+        str(officer_keys["bob.key"]),
+        "--json",
     )
+    manifest.write_text(text.replace("SHA", "0" * 64))
+    proc = run_enclave(*args)
+    assert proc.returncode == 12 and "files[0]" in proc.stderr, proc.stderr
+    assert list((tmp_path / "b.partial").rglob("*aarch64*.whl")), "the wheel must be kept for the rerun"
+
+    manifest.write_text(text.replace("SHA", hashlib.sha256(NOTE).hexdigest()))
+    proc = run_enclave(*args)
     assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["fetched"] == 1, report  # only the corrected file
     wheels = [p.name for p in (out / "wheels").glob("*.whl")]
     assert len(wheels) == 1 and wheels[0].startswith(("PyYAML-6.0.2-cp311-", "pyyaml-6.0.2-cp311-"))
     assert "aarch64" in wheels[0] and "x86_64" not in wheels[0]
     m = json.loads((out / "bundle.json").read_text())
     assert m["target"]["arch"] == "aarch64"
+    assert m["wheels"] == [{"name": "pyyaml", "version": "6.0.2", "path": f"wheels/{wheels[0]}"}]
     assert not (out / "appliance").exists()
 
 

@@ -15,6 +15,7 @@ dependencies, resolved against the same pins), every wheel in wheels/.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,11 +27,12 @@ from importlib import metadata
 from pathlib import Path
 
 from packaging.requirements import Requirement
+from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from appliance.bundle.format import APPLIANCE_DIR, WHEELS_DIR, FileKind, PackageRef, TargetPlatform
 from appliance.errors import FetchError
-from appliance.fsutil import atomic_write_text
+from appliance.fsutil import atomic_write_text, sha256_file
 from bundler.fetch import Fetched, Produced
 from bundler.manifest import lock_pins
 from bundler.progress import Reporter
@@ -187,14 +189,18 @@ def download_wheels(
     task = reporter.task("wheels", total=len(lines))
     lock_ = threading.Lock()
     counts = {True: 0, False: 0}
+    accepted = target_tags(target)
+    todo = [ln for ln in lines if not _already_there(ln, dest, accepted)]
+    counts[False] = len(lines) - len(todo)
+    task.advance(counts[False])
 
     def saved(new: bool) -> None:
         with lock_:
             counts[new] += 1
             task.advance()
 
-    n = max(1, min(workers, len(lines)))
-    chunks = [lines[i::n] for i in range(n)]
+    n = max(1, min(workers, len(todo)))
+    chunks = [todo[i::n] for i in range(n)]
     with ThreadPoolExecutor(max_workers=n, thread_name_prefix="pip") as pool:
         for f in [pool.submit(_pip_download, c, target, dest, saved, "python") for c in chunks if c]:
             f.result()
@@ -219,6 +225,39 @@ def download_wheels(
         raise FetchError(f"python: no wheel for {', '.join(missing)} on {target.arch} py{target.python}")
     task.finish(f"{len(have)} wheels for {target.arch} py{target.python} {target.manylinux}")
     return out
+
+
+def target_tags(target: TargetPlatform) -> frozenset[Tag]:
+    """Every wheel tag pip would accept on the target host."""
+    pyver = tuple(int(x) for x in target.python.split("."))
+    interp = f"cp{pyver[0]}{pyver[1]}"
+    platforms = target.pip_platforms
+    return frozenset(
+        [
+            *cpython_tags(pyver, platforms=platforms),
+            *compatible_tags(pyver, interpreter=interp, platforms=platforms),
+        ]
+    )
+
+
+def _already_there(line: str, dest: Path, accepted: frozenset[Tag]) -> bool:
+    """A wheel from an earlier run, for this target, with one of the lock's hashes: keep it."""
+    req = Requirement(line.split("--hash", 1)[0].strip().rstrip(";").strip())
+    name, version = canonicalize_name(req.name), _pinned_version(line)
+    hashes = set(re.findall(r"--hash[= ]sha256:([0-9a-f]{64})", line))
+    for whl in dest.glob("*.whl"):
+        try:
+            w_name, w_version, _, w_tags = parse_wheel_filename(whl.name)
+        except ValueError:
+            continue
+        if (
+            w_name == name
+            and str(w_version) == version
+            and w_tags & accepted
+            and sha256_file(whl)[0] in hashes
+        ):
+            return True
+    return False
 
 
 def _pinned_version(line: str) -> str:
