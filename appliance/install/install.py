@@ -1,0 +1,301 @@
+"""`enclave install`: verify, build the release beside the running one, then switch.
+
+Order of work, each step safe to interrupt:
+1. take the prefix lock and sweep what an interrupted install left (staging, trash, tmp);
+2. verify the bundle with the same code as `enclave verify` (nothing is written before);
+3. decide against the current release (downgrade refused, same version a no-op);
+4. check free disk space, then build releases/.staging-NAME-VERSION.PID: venv, model
+   links into the shared store, ansible/, bundle.json, signatures/, receipt.json;
+5. rename the staging directory to releases/NAME-VERSION, then rename a new `current`
+   symlink over the old one. Until that last rename the previous release stays current.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from appliance.bundle.format import BUNDLE_JSON, SIGNATURES_DIR, BundleManifest, FileKind
+from appliance.fsutil import atomic_write_text, fsync_dir
+from appliance.install import diskspace, ledger, store
+from appliance.install.errors import DowngradeRefused, InstallError
+from appliance.install.locking import kill_point, prefix_lock
+from appliance.install.receipt import write_receipt
+from appliance.install.releases import (
+    STAGING_PREFIX,
+    TRASH_PREFIX,
+    Release,
+    current_name,
+    current_release,
+    switch_current,
+)
+from appliance.install.venv import build_venv
+from appliance.install.verification import verify_for_install
+from appliance.offline import render_env_file
+from appliance.paths import Layout
+
+COPIED_KINDS = (FileKind.ansible, FileKind.file, FileKind.sbom, FileKind.lock)
+DPKG_OPTS_ENV = "ENCLAVE_DPKG_OPTS"
+"""Extra dpkg options (tests use `--dry-run`, or `--root=DIR` with an admin dir of its own)."""
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class InstallResult:
+    release: str
+    path: Path
+    previous: str | None
+    noop: bool = False
+    installer: str | None = None
+    bundle_digest: str = ""
+    signers: list[str] = field(default_factory=list)
+    models: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "release": self.release,
+            "path": str(self.path),
+            "previous": self.previous,
+            "noop": self.noop,
+            "installer": self.installer,
+            "bundle_digest": self.bundle_digest,
+            "signers": self.signers,
+            "models": self.models,
+        }
+
+
+def sweep(layout: Layout) -> list[str]:
+    """Remove leftovers of interrupted installs; the caller holds the prefix lock."""
+    removed = []
+    if layout.releases.is_dir():
+        for entry in layout.releases.iterdir():
+            if entry.name.startswith((STAGING_PREFIX, TRASH_PREFIX)):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry.name)
+    for tmp in layout.prefix.glob(".current.*.tmp"):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp.name)
+    store.clean_tmp(layout)
+    return removed
+
+
+def _current_or_none(layout: Layout) -> Release | None:
+    if current_name(layout) is None:
+        return None
+    try:
+        return current_release(layout)
+    except InstallError:
+        return None  # a broken `current` is replaced by this install
+
+
+def decide(
+    current: Release | None,
+    manifest: BundleManifest,
+    digest: str,
+    *,
+    allow_downgrade: bool,
+    force: bool,
+    bundle: Path,
+) -> bool:
+    """True when there is nothing to do; raises when the rules refuse the bundle."""
+    if current is None:
+        return False
+    cur_v, new_v = current.manifest.parsed_version, manifest.parsed_version
+    if new_v < cur_v and not allow_downgrade:
+        raise DowngradeRefused(
+            f"{bundle}: version {manifest.version} is older than the installed "
+            f"{current.release_name}; pass --allow-downgrade to install it anyway"
+        )
+    if current.release_name == manifest.release_name and not force:
+        installed_digest = current.receipt().get("bundle_digest")
+        if installed_digest == digest:
+            return True
+        raise InstallError(
+            f"{bundle}: {manifest.release_name} is installed from a different bundle.json "
+            f"(sha256 {installed_digest[:16] if installed_digest else '?'} != {digest[:16]}); "
+            "pass --force to replace it"
+        )
+    return False
+
+
+def _copy_listed(bundle_dir: Path, manifest: BundleManifest, staging: Path) -> None:
+    for f in manifest.files:
+        if f.kind in COPIED_KINDS:
+            dst = staging / f.path
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(bundle_dir / f.path, dst)
+    shutil.copyfile(bundle_dir / BUNDLE_JSON, staging / BUNDLE_JSON)
+    sigs = bundle_dir / SIGNATURES_DIR
+    if sigs.is_dir():
+        shutil.copytree(sigs, staging / SIGNATURES_DIR, symlinks=False)
+
+
+def install_debs(bundle_dir: Path, manifest: BundleManifest, keep_fds: tuple[int, ...]) -> list[str]:
+    debs = sorted(f.path for f in manifest.files if f.kind == FileKind.deb)
+    if not debs:
+        return []
+    if shutil.which("dpkg") is None:
+        raise InstallError("--with-os-packages: dpkg is not available on this host")
+    opts = os.environ.get(DPKG_OPTS_ENV, "").split()
+    cmd = ["dpkg", *opts, "-i", *(str(bundle_dir / d) for d in debs)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, pass_fds=keep_fds)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        raise InstallError(f"dpkg -i {' '.join(debs)} failed: {last}")
+    return debs
+
+
+def install(
+    bundle: Path,
+    trusted_keys: list[Path],
+    layout: Layout,
+    *,
+    allow_downgrade: bool = False,
+    force: bool = False,
+    with_os_packages: bool = False,
+    progress: Progress | None = None,
+) -> InstallResult:
+    say = progress or (lambda _msg: None)
+    bundle = Path(bundle)
+    with prefix_lock(layout, on_wait=lambda: say("waiting for another install to finish")) as lock_fd:
+        keep = (lock_fd,)
+        swept = sweep(layout)
+        if swept:
+            say(f"removed leftovers of an interrupted install: {', '.join(sorted(swept))}")
+        layout.releases.mkdir(parents=True, exist_ok=True)
+        tag = os.getpid()
+        work = layout.releases / f"{STAGING_PREFIX}work.{tag}"
+        try:
+            say(f"verifying {bundle}")
+            verified = verify_for_install(bundle, trusted_keys, work / "bundle", layout)
+            kill_point("verified")
+            return _install_verified(
+                verified,
+                layout,
+                bundle,
+                keep,
+                work,
+                allow_downgrade=allow_downgrade,
+                force=force,
+                with_os_packages=with_os_packages,
+                say=say,
+            )
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _install_verified(
+    verified,
+    layout: Layout,
+    bundle: Path,
+    keep: tuple[int, ...],
+    work: Path,
+    *,
+    allow_downgrade: bool,
+    force: bool,
+    with_os_packages: bool,
+    say: Progress,
+) -> InstallResult:
+    bundle_dir, manifest = verified.bundle_dir, verified.manifest
+    digest = hashlib.sha256((bundle_dir / BUNDLE_JSON).read_bytes()).hexdigest()
+    current = _current_or_none(layout)
+    previous = current.release_name if current else None
+    name = manifest.release_name
+    final = layout.releases / name
+    if decide(current, manifest, digest, allow_downgrade=allow_downgrade, force=force, bundle=bundle):
+        say(f"{name} is already installed and current (same bundle); nothing to do")
+        return InstallResult(name, final, previous, noop=True, bundle_digest=digest, signers=verified.signers)
+
+    needed = diskspace.needed_bytes(layout, bundle_dir, manifest)
+    diskspace.check(layout.prefix, needed, f"installing {name}")
+
+    staging = layout.releases / f"{STAGING_PREFIX}{name}.{os.getpid()}"
+    staging.mkdir()
+    say(f"building the Python environment from {len(manifest.wheels) or 'the'} wheels")
+    installer = build_venv(
+        bundle_dir,
+        manifest,
+        staging / "venv",
+        work / "venv-work",
+        keep_fds=keep,
+        on_install_start=lambda: kill_point("venv"),
+        final_venv=final / "venv",
+    )
+    shutil.rmtree(work / "venv-work", ignore_errors=True)
+
+    models = []
+    for m in manifest.models:
+        say(f"storing model {m.repo_id}@{m.revision[:12]}")
+        snap = store.install_model(layout, bundle_dir, manifest, m, on_file=lambda _i: kill_point("models"))
+        link = staging / m.path
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(snap, (final / m.path).parent), link)
+        models.append(
+            {"repo_id": m.repo_id, "revision": m.revision, "snapshot": str(snap.relative_to(layout.prefix))}
+        )
+
+    debs = install_debs(bundle_dir, manifest, keep) if with_os_packages else []
+    if debs:
+        say(f"installed {len(debs)} OS packages with dpkg")
+
+    _copy_listed(bundle_dir, manifest, staging)
+    atomic_write_text(layout.env_file, render_env_file())
+    receipt = write_receipt(
+        staging,
+        name=manifest.name,
+        version=manifest.version,
+        bundle_digest=digest,
+        signers=verified.signers,
+        installer=installer,
+        models=models,
+        verified_at=verified.verified_at,
+    )
+    fsync_dir(staging)
+
+    if final.exists():  # a release of this name that is not current, or --force: replace it
+        trash = layout.releases / f"{TRASH_PREFIX}{name}.{os.getpid()}"
+        if not exchange(staging, final):
+            os.replace(final, trash)
+            os.replace(staging, final)
+        else:
+            os.replace(staging, trash)  # after the exchange, staging holds the old release
+    else:
+        os.replace(staging, final)
+    fsync_dir(layout.releases)
+    say(f"switching current to {name}")
+    switch_current(layout, name, before_rename=lambda: kill_point("switch"))
+    ledger.record_install(layout, receipt, previous)
+    sweep(layout)
+    return InstallResult(
+        name,
+        final,
+        previous,
+        installer=installer,
+        bundle_digest=digest,
+        signers=verified.signers,
+        models=models,
+    )
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two directories in one step (renameat2 RENAME_EXCHANGE); False where unsupported.
+
+    Used when --force replaces the current release in place: `current` never points at a
+    missing directory, not even between two renames.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return rc == 0

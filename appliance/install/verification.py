@@ -1,0 +1,41 @@
+"""The install's view of `enclave verify`: the same checks, then the facts the receipt keeps.
+
+A directory bundle is verified in place; a tar (or split tar) is verified while it is
+unpacked into the install's work directory, so what is installed is exactly what was checked.
+The manifest used from here on is the one the verifier parsed after checking its signature,
+never a second read of bundle.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from appliance.bundle import verify as bundle_verify
+from appliance.bundle.format import BundleManifest
+from appliance.install import diskspace
+from appliance.paths import Layout
+
+
+@dataclass(frozen=True)
+class VerifiedBundle:
+    bundle_dir: Path
+    manifest: BundleManifest
+    signers: list[str]
+    verified_at: str
+
+
+def verify_for_install(
+    bundle: Path, trusted_keys: list[Path], staging: Path, layout: Layout
+) -> VerifiedBundle:
+    if not bundle.is_dir():
+        parts = bundle_verify.resolve_parts([bundle])
+        diskspace.check(layout.prefix, sum(p.stat().st_size for p in parts), f"unpacking {bundle.name}")
+    bundle_dir, report = bundle_verify.verified_bundle_dir(bundle, trusted_keys, staging)
+    return VerifiedBundle(
+        bundle_dir=Path(bundle_dir),
+        manifest=report.manifest,
+        signers=[s.fingerprint for s in report.signers],
+        verified_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
