@@ -309,3 +309,49 @@ def test_export_for_vllm_writes_plaintext_with_a_loud_warning(env, adapter_dir, 
     r = cli("adapters", "export", "bot", "--for", "triton", str(tmp_path / "x"), check=False)
     assert r.returncode == 2 and "--for: 'triton'" in r.stderr
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    "attack, code, message",
+    [
+        ("flip", 61, "chunk 0 fails authentication"),
+        ("truncate", 61, "chunk 0 fails authentication"),
+        ("append", 61, "chunk 0 fails authentication"),  # a short final chunk grows: altered
+        ("swap", 61, "sha256 differs from the registry's record of bot@0.1.0"),
+        ("wrong-key", 62, "key check fails"),
+    ],
+)
+def test_a_tampered_adapter_is_refused_before_any_plaintext(
+    env, adapter_dir, tmp_path, attack, code, message
+):
+    rec = reg.seal_adapter(env, adapter_dir, name="bot", **SEAL)
+    other = reg.seal_adapter(env, adapter_dir, name="other", **SEAL)
+    enc = rec.ciphertext_path(env)
+    data = enc.read_bytes()
+    if attack == "flip":
+        enc.write_bytes(data[:-100] + bytes([data[-100] ^ 1]) + data[-99:])
+    elif attack == "truncate":
+        enc.write_bytes(data[:-1])
+    elif attack == "append":
+        enc.write_bytes(data + b"\0")
+    elif attack == "swap":
+        enc.write_bytes(other.ciphertext_path(env).read_bytes())
+    elif attack == "wrong-key":
+        key = env.etc / "keys" / "enclave.key"
+        key.unlink()
+        generate_key_file(key)
+    dest = tmp_path / "plain"
+    r = cli("adapters", "export", "bot@0.1.0", "--for", "vllm", str(dest), check=False)
+    assert r.returncode == code, r.stderr
+    assert message in r.stderr and str(enc) in r.stderr and r.stderr.count("\n") == 1
+    assert not dest.exists()
+
+
+def test_retired_adapters_are_not_served(env, adapter_dir, tmp_path):
+    reg.seal_adapter(env, adapter_dir, name="bot", **SEAL)
+    cli("adapters", "retire", "bot@0.1.0")
+    r = cli("adapters", "export", "bot@0.1.0", "--for", "vllm", str(tmp_path / "p"), check=False)
+    assert r.returncode == LifecycleError.exit_code and "retired" in r.stderr
+    r = cli("generate", "--adapter", "bot@0.1.0", "hi", check=False)
+    assert r.returncode == LifecycleError.exit_code and "bot@0.1.0: retired" in r.stderr
+    assert cli("adapters", "export", "bot@0.1.0", "-o", str(tmp_path / "archive"), "--json")["shards"]

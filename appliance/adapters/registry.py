@@ -385,14 +385,17 @@ def register_imported(layout: Layout, rec: AdapterRecord, ciphertext: bytes) -> 
 
 
 def load_plaintext(layout: Layout, rec: AdapterRecord, key: DataKey | None = None) -> dict[str, bytes]:
-    """Decrypt an adapter into memory and check it against its record; never touches disk."""
+    """Decrypt an adapter into memory and check it against its record; never touches disk.
+
+    The AEAD runs first so damage is reported precisely (which chunk, truncation, wrong
+    key); the record's hashes then catch a valid ciphertext swapped in for another."""
     path = rec.ciphertext_path(layout)
     if not path.is_file():
         raise AdapterNotFound(f"{rec.ref}: its encrypted file {path} is missing")
     ciphertext = path.read_bytes()
+    data = decrypt_bytes(ciphertext, key or adapters_key(layout), name=str(path))
     if hashlib.sha256(ciphertext).hexdigest() != rec.ciphertext_sha256:
         raise TamperedCiphertext(f"{path}: its sha256 differs from the registry's record of {rec.ref}")
-    data = decrypt_bytes(ciphertext, key or adapters_key(layout), name=str(path))
     if hashlib.sha256(data).hexdigest() != rec.plaintext_sha256:
         raise TamperedCiphertext(f"{path}: decrypts, but not to the plaintext {rec.ref} was registered with")
     return unpack_in_memory(data, where=str(path))

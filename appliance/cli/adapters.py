@@ -10,6 +10,7 @@ from rich.table import Table
 
 from appliance.adapters import lifecycle, shards
 from appliance.adapters import registry as reg
+from appliance.adapters.errors import LifecycleError
 from appliance.adapters.registry import AdapterRecord
 from appliance.cli.app import JsonOpt, PrefixOpt, adapters_app, app, emit_json, err, layout, out
 from appliance.errors import UsageError
@@ -39,6 +40,11 @@ def _table(records: list[AdapterRecord], extra: dict[str, list[str]] | None = No
             *(v[i] for v in (extra or {}).values()),
         )
     return t
+
+
+def _refuse_retired(rec: AdapterRecord) -> None:
+    if rec.stage == "retired":
+        raise LifecycleError(f"{rec.ref}: retired; it is kept for the record, not for use")
 
 
 @adapters_app.command("list")
@@ -190,6 +196,7 @@ def export(
     if for_ is not None:
         if for_ != "vllm":
             raise UsageError(f"--for: {for_!r} is not a known target (vllm)")
+        _refuse_retired(rec)
         tmpfs = shards.on_tmpfs(target.parent if not target.exists() else target)
         written = shards.export_for_vllm(lay, rec, target)
         err.print(VLLM_WARNING.format(dir=target), soft_wrap=True)
@@ -243,6 +250,7 @@ def generate(
 
     lay = layout(prefix)
     rec = reg.resolve(reg.connect(lay), adapter)
+    _refuse_retired(rec)
     if "@" not in adapter and rec.stage != "production":
         err.print(f"note: {rec.name} has no production version; using {rec.ref} ({rec.stage})")
     result = run(lay, rec, prompt, max_new_tokens=max_new_tokens)
