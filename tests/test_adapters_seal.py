@@ -126,3 +126,16 @@ def test_swapped_or_damaged_ciphertext_is_refused_on_load(layout, lora_dir):
         reg.load_plaintext(layout, a)
     with pytest.raises(WrongKey):
         reg.load_plaintext(layout, b, key=DataKey.random())
+
+
+def test_seal_and_load_with_the_data_passphrase(tmp_path, lora_dir, monkeypatch):
+    monkeypatch.delenv("ENCLAVE_ETC", raising=False)
+    monkeypatch.setenv("ENCLAVE_DATA_PASSPHRASE", "a long operator passphrase")
+    lay = Layout.at(tmp_path / "pw")
+    rec = reg.seal_adapter(lay, lora_dir, name="bot", **SEAL_ARGS)
+    assert rec.key_id == "passphrase"
+    weights = (lora_dir / "adapter_model.safetensors").read_bytes()
+    assert reg.load_plaintext(lay, rec)["adapter_model.safetensors"] == weights
+    monkeypatch.setenv("ENCLAVE_DATA_PASSPHRASE", "another passphrase")
+    with pytest.raises(WrongKey, match="not encrypted with the data passphrase"):
+        reg.load_plaintext(lay, rec)
