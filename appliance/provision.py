@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -139,6 +140,9 @@ def check_inventory(path: Path) -> None:
     parser.optionxform = str  # type: ignore[assignment,method-assign]
     try:
         text = path.read_text()
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.lstrip().startswith("[") and not re.match(r"^\s*\[[^\[\]]+\]\s*([#;].*)?$", line):
+                raise InventoryError(f"{path}: not an INI inventory: line {n}: bad group header {line!r}")
         parser.read_string("[__top__]\n" + text, source=str(path))
     except (OSError, UnicodeDecodeError) as exc:
         raise InventoryError(f"{path}: unreadable ({exc.__class__.__name__})") from None
@@ -146,9 +150,9 @@ def check_inventory(path: Path) -> None:
         first = str(exc).splitlines()[0]
         raise InventoryError(f"{path}: not an INI inventory: {first}") from None
     if not parser.has_section(HOST_GROUP):
-        raise InventoryError(f"{path}: no [{HOST_GROUP}] group (the playbook provisions that group)")
+        raise InventoryError(f"{path}: no {HOST_GROUP} group (site.yml provisions the hosts of that group)")
     if not parser.options(HOST_GROUP):
-        raise InventoryError(f"{path}: [{HOST_GROUP}] lists no hosts")
+        raise InventoryError(f"{path}: the {HOST_GROUP} group lists no hosts")
 
 
 def playbook_argv(
