@@ -37,4 +37,4 @@ class InferenceError(EnclaveError):
 
 class AdapterConflict(EnclaveError):
     exit_code = 69
-    summary = "that adapter name and version is already registered with other content"
+    summary = "that adapter name and version is already registered here (an import would replace it)"
