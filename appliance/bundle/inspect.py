@@ -28,11 +28,11 @@ from appliance.bundle.verify import (
     MAX_MANIFEST_BYTES,
     MAX_SIGNATURE_BYTES,
     ConcatReader,
-    source_parts,
     check_manifest,
     check_member,
     check_signatures,
     load_trusted,
+    source_parts,
 )
 from appliance.errors import BundleError
 
@@ -46,7 +46,7 @@ def _read_head(parts: list[Path]) -> tuple[bytes | None, dict[str, bytes], bytes
     sigs: dict[str, bytes] = {}
     with ConcatReader(parts) as reader:
         try:
-            with tarfile.open(fileobj=reader, mode="r|") as tf:
+            with tarfile.open(fileobj=reader, mode="r:") as tf:
                 for member in tf:
                     check_member(member, where)
                     name = member.name

@@ -19,6 +19,7 @@ first), so a split bundle on removable media is checked without first being copi
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import io
 import os
@@ -391,50 +392,67 @@ def resolve_parts(paths: Sequence[Path | str]) -> list[Path]:
 
 
 class ConcatReader(io.RawIOBase):
-    """The parts of a split tar read back as one stream, one part open at a time."""
+    """The parts of a split tar as one seekable file, one part open at a time.
 
-    def __init__(self, parts: Sequence[Path], offset: int = 0) -> None:
+    Reads are always full (tarfile treats a short read as a truncated archive) and use
+    pread, so the position is ours alone. A part that shrank after it was listed is an
+    error, not a silent end of the stream.
+    """
+
+    def __init__(self, parts: Sequence[Path]) -> None:
         super().__init__()
         self._parts = list(parts)
-        self._sizes = [p.stat().st_size for p in self._parts]
-        self._index = 0
-        self._fh: Any = None
-        self.position = 0
-        skip = offset
-        while self._index < len(self._parts) and skip >= self._sizes[self._index]:
-            skip -= self._sizes[self._index]
-            self._index += 1
-        self._skip = skip
-        self.position = offset
-
-    @property
-    def total(self) -> int:
-        return sum(self._sizes)
+        self._starts: list[int] = []
+        total = 0
+        for p in self._parts:
+            self._starts.append(total)
+            total += p.stat().st_size
+        self.total = total
+        self._pos = 0
+        self._open_index = -1
+        self._fd = -1
 
     def readable(self) -> bool:
         return True
 
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.total}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def _fd_for(self, index: int) -> int:
+        if index != self._open_index:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            self._fd = os.open(self._parts[index], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            self._open_index = index
+        return self._fd
+
     def readinto(self, b: Any) -> int:
-        while self._index < len(self._parts):
-            if self._fh is None:
-                fd = os.open(self._parts[self._index], os.O_RDONLY | os.O_NOFOLLOW)
-                self._fh = os.fdopen(fd, "rb", buffering=0)
-                if self._skip:
-                    self._fh.seek(self._skip)
-                    self._skip = 0
-            n = self._fh.readinto(b)
-            if n:
-                self.position += n
-                return n
-            self._fh.close()
-            self._fh = None
-            self._index += 1
-        return 0
+        view = memoryview(b).cast("B")
+        got = 0
+        while got < len(view) and self._pos < self.total:
+            index = bisect.bisect_right(self._starts, self._pos) - 1
+            end = self._starts[index + 1] if index + 1 < len(self._starts) else self.total
+            want = min(len(view) - got, end - self._pos)
+            n = os.preadv(self._fd_for(index), [view[got : got + want]], self._pos - self._starts[index])
+            if n <= 0:
+                raise BundleError(f"{self._parts[index]}: shorter than when verification began")
+            got += n
+            self._pos += n
+        return got
 
     def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
         super().close()
 
 
@@ -477,7 +495,7 @@ def _stream_tar(
     reader = ConcatReader(parts)
     try:
         try:
-            tf = tarfile.open(fileobj=reader, mode="r|", bufsize=STREAM_CHUNK)  # noqa: SIM115
+            tf = tarfile.open(fileobj=reader, mode="r:")  # noqa: SIM115
         except tarfile.TarError as exc:
             raise BundleError(f"{where}: not a plain tar ({exc})") from None
         with tf:
@@ -502,6 +520,7 @@ def _walk_stream(
     seen: set[str] = set()
 
     def next_member() -> tarfile.TarInfo | None:
+        tf.members.clear()  # we never look back; a bundle of many files stays small in memory
         member = tf.next()
         if member is not None:
             check_member(member, where)
@@ -621,7 +640,8 @@ def _walk_stream(
 
 def _check_trailing(parts: list[Path], offset: int, where: str) -> None:
     """After the end-of-archive marker only zero padding may follow: no data rides along unread."""
-    with ConcatReader(parts, offset=offset) as rest:
+    with ConcatReader(parts) as rest:
+        rest.seek(offset)
         while chunk := rest.read(STREAM_CHUNK):
             if chunk.strip(b"\0"):
                 raise BundleError(f"{where}: data after the end of the archive (offset {offset})")
