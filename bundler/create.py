@@ -68,7 +68,8 @@ def _fetch_all(m: LoadedManifest, tree: Path, staging: Path, reporter: Reporter,
     spec = m.spec
     result = Fetched()
     jobs: list[Future[Fetched]] = []
-    with ThreadPoolExecutor(max_workers=max(2, workers), thread_name_prefix="fetch") as pool:
+    pool = ThreadPoolExecutor(max_workers=max(2, workers), thread_name_prefix="fetch")
+    try:
         for i, model in enumerate(spec.models):
             if model.is_hub:
                 jobs.append(pool.submit(fetch_hub_model, i, model, tree, staging, reporter, workers))
@@ -89,14 +90,17 @@ def _fetch_all(m: LoadedManifest, tree: Path, staging: Path, reporter: Reporter,
             jobs.append(
                 pool.submit(copy_ansible, root / ANSIBLE_DIR, tree, reporter, f"enclave-kit@{__version__}")
             )
-        errors: list[BaseException] = []
+        errors: list[Exception] = []
         for job in jobs:
             try:
                 result.merge(job.result())
-            except BaseException as exc:  # keep the first; let the others finish their files cleanly
+            except Exception as exc:  # keep the first; the others finish their files for the rerun
                 errors.append(exc)
         if errors:
             raise errors[0]
+    finally:
+        # On Ctrl-C nothing queued starts; what runs finishes its current file (kept for the rerun).
+        pool.shutdown(wait=True, cancel_futures=True)
     return result
 
 

@@ -69,6 +69,14 @@ def _uv() -> list[str]:
 def _tail(text: str) -> str:
     """The line of a tool's output that says what went wrong."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if any("DO NOT MATCH THE HASHES" in ln for ln in lines):
+        for i, ln in enumerate(lines):
+            if ln.startswith("Expected sha256") and i > 0 and i + 1 < len(lines):
+                what = lines[i - 1].split(" from ", 1)[0]
+                got = lines[i + 1].split()[-1]
+                return (
+                    f"{what}: the wheel's sha256 {got} is not among the lock's hashes ({ln.split()[-1]}...)"
+                )
     for ln in lines:
         if ln.startswith(("ERROR:", "error:", "×", "╰─▶")):
             return ln.lstrip("×╰─▶ ").strip()
