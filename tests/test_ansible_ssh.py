@@ -255,6 +255,24 @@ def test_ssh_hardening_real_sshd(tmp_path, ssh_user):
             timeout=30,
         )
         assert still.returncode == 0, still.stderr
+
+        # A valid change is installed and sshd reloaded (SIGHUP): it serves the new config.
+        changed = play(tmp_path, {**base, "ssh_hardening_max_auth_tries": 2})
+        assert changed.returncode == 0, changed.stdout + changed.stderr
+        assert "RUNNING HANDLER [ssh_hardening : Reload sshd]" in changed.stdout
+        assert "MaxAuthTries 2" in config.read_text().splitlines()
+        for _ in range(100):
+            if "Received SIGHUP" in (tmp_path / "sshd.log").read_text() and not port_free(PORT):
+                break
+            time.sleep(0.05)
+        assert "Received SIGHUP" in (tmp_path / "sshd.log").read_text()
+        reloaded = subprocess.run(
+            ssh_cmd(ssh_user["user"], "-i", str(ssh_user["key"]), "-o", "BatchMode=yes"),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert reloaded.returncode == 0, reloaded.stderr + (tmp_path / "sshd.log").read_text()
     finally:
         sshd.send_signal(signal.SIGTERM)
         sshd.wait(timeout=10)
