@@ -32,8 +32,10 @@ def create(
     The key passphrase comes from ENCLAVE_KEY_PASSPHRASE or a prompt.
     """
     from bundler.create import SigningKey, create_bundle
+    from bundler.manifest import load_manifest
     from bundler.progress import Reporter
 
+    load_manifest(manifest)  # a broken manifest is reported before any passphrase is asked for
     keys = [SigningKey(k, passphrase_for(k)) for k in key]
     with Reporter(err) as reporter:
         result = create_bundle(manifest, output, keys, reporter, workers=workers)

@@ -30,7 +30,7 @@ from appliance.bundle.format import (
 from appliance.bundle.keys import load_private_key
 from appliance.bundle.signing import sign_bundle
 from appliance.bundle.tree import hash_files
-from appliance.errors import FetchError, ManifestError, UsageError
+from appliance.errors import FetchError, UsageError
 from appliance.fsutil import atomic_write_bytes, atomic_write_text, fsync_dir, sha256_file
 from bundler.fetch import Fetched, Produced
 from bundler.fetch.debs import fetch_debs
@@ -145,10 +145,6 @@ def create_bundle(
     workers: int = 4,
 ) -> Result:
     m = load_manifest(manifest_path)
-    if m.spec.expires is not None and m.spec.expires <= utcnow():
-        raise ManifestError(
-            f"{m.path}: expires: {m.spec.expires.isoformat()} is already past", path=str(m.path)
-        )
     if not keys:
         raise UsageError("bundle create: at least one --key is needed (a bundle is always signed)")
     for key in keys:  # a wrong passphrase fails now, not after an hour of downloads

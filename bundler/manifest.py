@@ -308,6 +308,8 @@ def load_manifest(path: Path | str) -> LoadedManifest:
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         raise ManifestError(f"{path}: {_loc(first['loc'])}: {_message(first)}", path=str(path)) from None
+    if spec.expires is not None and spec.expires <= utcnow():
+        raise ManifestError(f"{path}: expires: {spec.expires.isoformat()} is already past", path=str(path))
     loaded = LoadedManifest(path, spec)
     _check_local_paths(loaded)
     return loaded
