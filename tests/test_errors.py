@@ -21,8 +21,13 @@ def test_cli_usage_error_is_one_line_and_exit_2():
 def test_exit_code_table_lists_every_code():
     from tests.conftest import run_enclave
 
-    proc = run_enclave("exit-codes", "--json", check=True)
     import json
+
+    import bundler.commands  # noqa: F401  (the connected side's errors)
+    from appliance.cli import load_commands
+
+    load_commands()  # every command module registers its errors, as in the CLI process
+    proc = run_enclave("exit-codes", "--json", check=True)
 
     rows = json.loads(proc.stdout)
     assert {r["code"] for r in rows} == {0, *EXIT_CODES}
