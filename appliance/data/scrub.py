@@ -94,9 +94,12 @@ class Scrubber:
     def learn(self, rows: list[dict[str, Any]], lines: list[int] | None = None) -> None:
         """Pass one: detect in every string of every row, number the placeholders."""
         lines = lines or list(range(1, len(rows) + 1))
-        for row, line in zip(rows, lines, strict=True):
-            items = list(strings(row))
-            found = self.analyzer.analyze_texts([(k, s) for _, k, s in items])
+        per_row = [list(strings(row)) for row in rows]
+        # One analyzer call for the whole dataset: the NER model batches across rows.
+        flat = self.analyzer.analyze_texts([(k, s) for items in per_row for _, k, s in items])
+        pos = 0
+        for items, line in zip(per_row, lines, strict=True):
+            found, pos = flat[pos : pos + len(items)], pos + len(items)
             self._cache.append(found)
             for (_, key, _text), fs in zip(items, found, strict=True):
                 for f in fs:
@@ -129,15 +132,24 @@ class Scrubber:
             for m in self._known.finditer(text)
         ]
 
-    def scrub(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Pass two: `rows` (those given to `learn`) with every finding and known value replaced."""
+    def final(self, rows: list[dict[str, Any]]) -> list[list[tuple[tuple, str, str, list[Finding]]]]:
+        """Per row, (path, key, text, findings) of every string as `scrub` will replace it."""
         if not self._learned:
             self.learn(rows)
+        return [
+            [
+                (path, key, text, resolve(fs + self._known_in(text)))
+                for (path, key, text), fs in zip(strings(row), found, strict=True)
+            ]
+            for row, found in zip(rows, self._cache, strict=True)
+        ]
+
+    def scrub(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Pass two: `rows` (those given to `learn`) with every finding and known value replaced."""
         out = []
-        for row, found in zip(rows, self._cache, strict=True):
+        for row, items in zip(rows, self.final(rows), strict=True):
             new = row
-            for (path, _key, text), fs in zip(strings(row), found, strict=True):
-                spans = resolve(fs + self._known_in(text))
+            for path, _key, text, spans in items:
                 if not spans:
                     continue
                 pieces, pos = [], 0

@@ -48,7 +48,8 @@ _NOT_NAMES_TEXT = (
     "The A An This That It We You He She They I Hi Hello Dear Team Support Customer Service Sales Admin "
     "Monday Tuesday Wednesday Thursday Friday Saturday Sunday January February March April May June July "
     "August September October November December Yes No Ok Okay Please Thanks Thank Sorry Unknown None "
-    "Here There Today Tomorrow Yesterday Urgent Re Fw Fwd Subject Ticket Order Invoice Account"
+    "Here There Today Tomorrow Yesterday Urgent Re Fw Fwd Subject Ticket Order Invoice Account "
+    "Password Passwd Token Key Login Admin User Username Root Regards Best Cheers Sincerely"
 )
 _NOT_NAMES = frozenset(_NOT_NAMES_TEXT.split())
 
@@ -101,7 +102,7 @@ class Ner:
                     continue
                 if re.fullmatch(r"[A-Z]+_\d+", text) or "@" in text:
                     continue
-                if text == whole.rstrip(".!?:") and " " not in text:
+                if not _ok(text) or (text == whole.rstrip(".!?:") and " " not in text):
                     continue  # a one-word string ("Summarise") gives the model no context
                 found.append(Finding("NAME", start, start + len(text), text, "ner"))
             yield found

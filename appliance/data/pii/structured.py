@@ -42,7 +42,8 @@ NETMASK = re.compile(r"(?i)(?:mask|netmask|subnet)\W*$")
 IBAN_COMPACT = re.compile(r"\b[A-Z]{2}\d{2}[A-Z0-9]{11,30}\b")
 IBAN_SPACED = re.compile(r"\b[A-Z]{2}\d{2}(?: [A-Z0-9]{4}){2,7}(?: [A-Z0-9]{1,4})?\b")
 CARD = re.compile(
-    r"(?<![\d-])(?:\d{4}[ -]?){2}\d{4}[ -]?\d{1,7}(?![\d-])|(?<![\d-])\d{4}[ -]?\d{6}[ -]?\d{5}(?![\d-])"
+    r"(?<![\w-])(?:\d{4}[ -]?){2}\d{4}[ -]?\d{1,7}(?![\w-])(?! \d)"
+    r"|(?<![\w-])\d{4}[ -]?\d{6}[ -]?\d{5}(?![\w-])(?! \d)"
 )
 ACCOUNT_CTX = re.compile(
     r"(?i)\b(?:account|acct|a/c|bank account|routing)\s*(?:no\.?|number|num\.?|#)?\s*[:#]?\s*"
@@ -65,7 +66,7 @@ SIN_CTX = re.compile(
 # Issuer prefixes (IIN ranges) of the card networks; a Luhn-valid number outside them is
 # far more likely an internal reference than a card.
 _CARD_PREFIX = re.compile(
-    r"^(?:4\d{12}(?:\d{3}){0,2}|5[1-5]\d{14}|2(?:2[2-9]|[3-6]\d|7[01]|720)\d{12}|3[47]\d{13}"
+    r"^(?:4\d{12}(?:\d{3}){0,2}|5[1-5]\d{14}|2(?:22[1-9]|2[3-9]\d|[3-6]\d\d|7[01]\d|720)\d{12}|3[47]\d{13}"
     r"|6(?:011|5\d\d|4[4-9]\d)\d{12,15}|3(?:0[0-5]|[68]\d)\d{11,16}|35(?:2[89]|[3-8]\d)\d{12,15}"
     r"|62\d{14,17}|(?:5[06-9]|6\d)\d{10,17})$"
 )
@@ -133,7 +134,9 @@ def accounts(text: str) -> Iterator[Finding]:
             cand = m.group()
             # A spaced IBAN may have swallowed a following short word; drop groups until valid.
             while cand:
-                if std_iban.is_valid(cand):
+                # mod-97 and the country's length; not the national check digits inside the
+                # BBAN, which a typo-free but oddly issued account can still fail.
+                if std_iban.is_valid(cand, check_country=False):
                     yield Finding("ACCOUNT", m.start(), m.start() + len(cand), cand, "iban")
                     break
                 if " " not in cand:
@@ -142,6 +145,8 @@ def accounts(text: str) -> Iterator[Finding]:
     for m in CARD.finditer(text):
         digits = re.sub(r"\D", "", m.group())
         seps = set(re.findall(r"[ -]", m.group()))
+        if IBAN_BEFORE.search(text[max(0, m.start() - 40) : m.start()]):
+            continue  # the tail of an (invalid) IBAN
         if (
             13 <= len(digits) <= 19
             and len(seps) <= 1
@@ -186,19 +191,45 @@ def _isolated(text: str, start: int, end: int) -> bool:
     return not (after.isalnum() or after in "_/\\" or (after == "-" and text[end + 1 : end + 2].isdigit()))
 
 
+PHONE_CONTEXT = re.compile(
+    r"(?i)\b(?:phone|tel|telephone|mobile|cell|call|fax|whatsapp|sms|text|reach|reachable|ring)\b"
+    r"\W{0,3}(?:\w+\W{1,3}){0,2}$"
+)
+IBAN_BEFORE = re.compile(r"\b[A-Z]{2}\d{2}(?: [A-Z0-9]{4})+ $")
+
+
+def _phone_shaped(s: str) -> bool:
+    """Only possible, not valid: demand the look of a phone number, not of a date or address."""
+    return sum(c.isdigit() for c in s) >= 9 and not DATE_OR_IP.fullmatch(s.strip())
+
+
+DATE_OR_IP = re.compile(r"\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}|(?:\d{1,3}\.){3}\d{1,3}")
+
+
 def phones(text: str, regions: tuple[str, ...] = PHONE_REGIONS) -> Iterator[Finding]:
+    """Valid numbers anywhere; numbers that are only possible (an unassigned block, a new
+    range the metadata lacks) when a word like "phone" or "call" comes just before."""
     seen: set[tuple[int, int]] = set()
-    if not any(c.isdigit() for c in text):
+    if sum(c.isdigit() for c in text) < 7:
         return
-    for region in regions:
-        for m in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID):
-            span = (m.start, m.end)
-            if span in seen or not _isolated(text, m.start, m.end):
-                continue
-            seen.add(span)
-            if _version_context(text, m.start):
-                continue
-            yield Finding("PHONE", m.start, m.end, m.raw_string, f"phone-{region.lower()}")
+    for leniency, rule in (
+        (phonenumbers.Leniency.VALID, "phone"),
+        (phonenumbers.Leniency.POSSIBLE, "phone-context"),
+    ):
+        for region in regions:
+            for m in phonenumbers.PhoneNumberMatcher(text, region, leniency=leniency):
+                span = (m.start, m.end)
+                if span in seen or not _isolated(text, m.start, m.end):
+                    continue
+                before = text[max(0, m.start - 30) : m.start]
+                if rule == "phone-context" and (
+                    not PHONE_CONTEXT.search(before) or not _phone_shaped(m.raw_string)
+                ):
+                    continue
+                seen.add(span)
+                if _version_context(text, m.start) or IBAN_BEFORE.search(before):
+                    continue
+                yield Finding("PHONE", m.start, m.end, m.raw_string, f"{rule}-{region.lower()}")
 
 
 DETECTORS = (emails, urls, ips, accounts, nids, phones)
