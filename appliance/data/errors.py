@@ -11,7 +11,7 @@ from appliance.errors import EnclaveError
 
 class DataError(EnclaveError):
     exit_code = 40
-    summary = "a raw dataset is not JSONL (names the file and line)"
+    summary = "a raw dataset is not JSONL (names the file and line), or a data command was misused"
 
 
 class DataSchemaError(DataError):
