@@ -169,11 +169,10 @@ def create_bundle(
 
     unhashed = [p for p, e in produced.items() if e.sha256 is None]
     if unhashed:
-        task = reporter.task("hashing", total=len(unhashed))
-        for rel, (sha, size) in hash_files(tree, unhashed, workers=workers).items():
+        task = reporter.task(f"hashing {len(unhashed)} files", total=None)
+        for rel, (sha, size) in hash_files(tree, unhashed, workers=workers, progress=task.bytes).items():
             e = produced[rel]
             produced[rel] = Produced(e.path, e.kind, e.source, sha, size)
-            task.advance()
         task.finish()
 
     created = utcnow()
@@ -213,8 +212,9 @@ def create_bundle(
 
     signatures = []
     for key in keys:
-        signatures.append(sign_bundle(tree, key.path, key.passphrase, workers=workers))
-        reporter.line(f"signed with {key.path.name}")
+        task = reporter.task(f"signing with {key.path.name}", total=None)
+        signatures.append(sign_bundle(tree, key.path, key.passphrase, workers=workers, progress=task.bytes))
+        task.finish()
 
     if out.exists():
         raise UsageError(f"{out}: appeared while building; the signed bundle is left in {tree}")

@@ -12,8 +12,8 @@ from types import TracebackType
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
+    TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
 )
@@ -35,6 +35,12 @@ class Task:
         if self._id is not None and self._r._bar is not None:
             self._r._bar.advance(self._id, n)
 
+    def bytes(self, done: int, total: int) -> None:
+        """A `progress(done, total)` callback in bytes, as appliance.bundle.tree calls it."""
+        if self._id is not None and self._r._bar is not None:
+            self._r._bar.update(self._id, completed=done, total=total)
+        self.done_count, self.total = done, total
+
     def finish(self, note: str = "") -> None:
         if self._id is not None and self._r._bar is not None:
             self._r._bar.update(self._id, completed=self.total or self.done_count, total=self.total or 1)
@@ -54,7 +60,7 @@ class Reporter:
             Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
-                MofNCompleteColumn(),
+                TaskProgressColumn(),
                 TimeElapsedColumn(),
                 console=console,
                 transient=False,
