@@ -104,3 +104,18 @@ def test_signature_file_is_plain_sigstore_bundle_json(bundle, officer_keys):
     doc = json.loads(sig.read_text())
     assert doc["mediaType"] == "application/vnd.dev.sigstore.bundle.v0.3+json"
     assert doc["dsseEnvelope"]["payloadType"] == "application/vnd.in-toto+json"
+
+
+def test_signature_made_by_the_plain_model_signing_cli_verifies(bundle, officer_keys):
+    """Interoperability the other way: an officer may sign with the library's own CLI."""
+    from appliance.bundle.verify import verify_bundle
+
+    signing.sign_bundle(bundle, officer_keys["alice.key"], ALICE_PASS, "alice")
+    sig = bundle / "signatures" / "bob.sig"
+    cmd = [str(MODEL_SIGNING), "sign", "key", str(bundle), "--signature", str(sig)]
+    proc = subprocess.run(
+        [*cmd, "--private_key", str(officer_keys["bob.key"])], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = verify_bundle(bundle, [officer_keys["alice.pub"], officer_keys["bob.pub"]], require_signatures=2)
+    assert sorted(s.name for s in report.signers) == ["alice", "bob"]

@@ -119,3 +119,18 @@ def test_encrypted_key_signs_via_cli_env(tmp_path, officer_keys):
     signing.sign_bundle(root, officer_keys["alice.key"], ALICE_PASS, "alice")
     proc = run_enclave("verify", str(root), "--trust", str(officer_keys["alice.pub"]))
     assert proc.returncode == 0, proc.stderr
+
+
+def test_json_report_on_refusal(signed_bundle, officer_keys):
+    (signed_bundle / "files" / "notes.txt").write_bytes(b"FIELD NOTES\n")
+    proc = run_enclave("verify", str(signed_bundle), "--trust", str(officer_keys["bob.pub"]), "--json")
+    assert proc.returncode == ChangedFile.exit_code
+    report = json.loads(proc.stdout)
+    assert report == {
+        "ok": False,
+        "error": "ChangedFile",
+        "exit_code": ChangedFile.exit_code,
+        "message": report["message"],
+        "path": "files/notes.txt",
+    }
+    assert "files/notes.txt" in report["message"]

@@ -43,7 +43,7 @@ from appliance.bundle.format import (
     BundleManifest,
     parse_manifest,
 )
-from appliance.bundle.signing import SIGNED_IGNORE_PATHS, check_not_git_path
+from appliance.bundle.signing import GIT_PATHS, check_not_git_path
 from appliance.bundle.tree import Progress, check_rel_path, hash_files, walk
 from appliance.errors import (
     BundleError,
@@ -175,6 +175,8 @@ def check_signatures(
             )
         key, digests, serialization = verified
         _check_serialization(serialization, sig_path)
+        # Another officer's signature file, if one existed when this one was made, is not content.
+        digests = {p: d for p, d in digests.items() if not p.startswith(SIGNATURES_DIR + "/")}
         if statement is None:
             statement, first = digests, name
         elif digests != statement:
@@ -199,12 +201,19 @@ def check_signatures(
     return statement, list(signers.values()), [n for n, _ in untrusted]
 
 
+def _ignorable(path: str) -> bool:
+    """Paths a statement may leave out: signatures (they are checked on their own) and git
+    names (refused on disk, so nothing can hide there). This admits signatures made with the
+    plain `model_signing sign key` CLI, which ignores the file it writes and, by default, git names."""
+    return path == SIGNATURES_DIR or path.startswith(SIGNATURES_DIR + "/") or path in GIT_PATHS
+
+
 def _check_serialization(ser: Mapping[str, Any], sig_path: str) -> None:
     ok = (
         ser.get("method") == "files"
         and ser.get("hash_type") == dsse.HASH_TYPE
         and not ser.get("allow_symlinks")
-        and set(ser.get("ignore_paths", [])) <= set(SIGNED_IGNORE_PATHS)
+        and all(_ignorable(str(p)) for p in ser.get("ignore_paths", []))
     )
     if not ok:
         raise SignatureInvalid(
