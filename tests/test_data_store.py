@@ -109,6 +109,8 @@ def test_conflicts_are_refused(layout, tmp_path):
         intake.add(layout, b, name="tickets", classification=Classification.internal)
     with pytest.raises(DatasetConflict, match="already registered as dataset 'tickets'"):
         intake.add(layout, a, name="other", classification=Classification.internal)
+    with pytest.raises(DatasetConflict, match="registered as internal, not public"):
+        intake.add(layout, a, name="tickets", classification=Classification.public)
 
 
 @pytest.mark.parametrize(

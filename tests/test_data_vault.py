@@ -88,6 +88,16 @@ def test_no_original_reaches_the_dataset_and_placeholders_are_consistent(layout,
     assert intake.add(other, raw, name="t", classification=Classification.public).record.sha256 == rec.sha256
 
 
+def test_placeholders_never_collide_with_text_that_already_looks_like_one(layout, tmp_path):
+    src = tmp_path / "tpl.jsonl"
+    src.write_text(
+        json.dumps({"instruction": "Fill NAME_1 in", "output": "Dear Mr. Bob Stone, see NAME_1."}) + "\n"
+    )
+    rec = add(layout, src)
+    assert json.loads(rec.train_path.read_text())["output"] == "Dear Mr. NAME_2, see NAME_1."
+    assert reveal(layout, "tickets") == {"NAME_2": ["Bob Stone"]}
+
+
 def test_mapping_round_trip_restores_every_row(layout, raw):
     rec = add(layout, raw)
     mapping = reveal(layout, "tickets")

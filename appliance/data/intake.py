@@ -216,7 +216,7 @@ def add(
         }
         atomic_write_text(staging / store.CARD, json.dumps(card, indent=2, sort_keys=True) + "\n")
         with contextlib.closing(store.connect(layout)) as conn, registry.transaction(conn):
-            existing = store.check_free(conn, name, sha)
+            existing = store.check_free(conn, name, sha, classification)
             if existing is not None:
                 return AddResult(store._record(layout, existing), already=True)
             store.install_dir(staging, store.dataset_dir(layout, sha))

@@ -18,6 +18,8 @@ from typing import Any
 from appliance.data.pii import TYPES, Finding, resolve
 from appliance.data.pii.analyzer import Analyzer, strings
 
+_PLACEHOLDER = re.compile(r"\b(?:" + "|".join(TYPES) + r")_\d+\b")
+
 
 def normalise(kind: str, value: str) -> str:
     """The identity of a value for numbering: formatting differences are the same value."""
@@ -78,13 +80,17 @@ class Scrubber:
     _known_types: dict[str, str] = field(default_factory=dict)
     _cache: list[list[list[Finding]]] = field(default_factory=list)
     _learned: bool = False
+    _next: dict[str, int] = field(default_factory=dict)
+    _taken: set[str] = field(default_factory=set)
     rows_seen: int = 0
 
     def _placeholder(self, f: Finding) -> str:
         key = (f.type, normalise(f.type, f.text))
         ph = self.placeholders.get(key)
         if ph is None:
-            n = sum(1 for t, _ in self.placeholders if t == f.type) + 1
+            n = self._next[f.type] = self._next.get(f.type, 0) + 1
+            while f"{f.type}_{n}" in self._taken:  # the raw text already says NAME_1: skip it
+                n = self._next[f.type] = n + 1
             ph = self.placeholders[key] = f"{f.type}_{n}"
             self.originals[ph] = []
         if f.text not in self.originals[ph]:
@@ -95,6 +101,9 @@ class Scrubber:
         """Pass one: detect in every string of every row, number the placeholders."""
         lines = lines or list(range(1, len(rows) + 1))
         per_row = [list(strings(row)) for row in rows]
+        for items in per_row:
+            for _, _, text in items:
+                self._taken.update(_PLACEHOLDER.findall(text))
         # One analyzer call for the whole dataset: the NER model batches across rows.
         flat = self.analyzer.analyze_texts([(k, s) for items in per_row for _, k, s in items])
         pos = 0

@@ -218,11 +218,18 @@ def resolve_dataset(layout: Layout, name_or_hash: str, *, verify: bool = True) -
     return rec
 
 
-def check_free(conn: sqlite3.Connection, name: str, sha256: str) -> DatasetRecord | None:
-    """The existing record when this exact dataset is already registered under `name`."""
+def check_free(
+    conn: sqlite3.Connection, name: str, sha256: str, classification: Classification
+) -> sqlite3.Row | None:
+    """The existing row when this exact dataset is already registered under `name`."""
     by_name = conn.execute("SELECT * FROM datasets WHERE name=?", (name,)).fetchone()
     by_hash = conn.execute("SELECT * FROM datasets WHERE sha256=?", (sha256,)).fetchone()
     if by_name is not None and by_name["sha256"] == sha256:
+        if by_name["classification"] != classification.name:
+            raise DatasetConflict(
+                f"dataset {name!r} is already registered as {by_name['classification']}, "
+                f"not {classification.name}; a classification is not changed by adding again"
+            )
         return by_name
     if by_name is not None:
         raise DatasetConflict(

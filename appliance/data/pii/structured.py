@@ -212,24 +212,20 @@ def phones(text: str, regions: tuple[str, ...] = PHONE_REGIONS) -> Iterator[Find
     seen: set[tuple[int, int]] = set()
     if sum(c.isdigit() for c in text) < 7:
         return
-    for leniency, rule in (
-        (phonenumbers.Leniency.VALID, "phone"),
-        (phonenumbers.Leniency.POSSIBLE, "phone-context"),
-    ):
-        for region in regions:
-            for m in phonenumbers.PhoneNumberMatcher(text, region, leniency=leniency):
-                span = (m.start, m.end)
-                if span in seen or not _isolated(text, m.start, m.end):
-                    continue
-                before = text[max(0, m.start - 30) : m.start]
-                if rule == "phone-context" and (
-                    not PHONE_CONTEXT.search(before) or not _phone_shaped(m.raw_string)
-                ):
-                    continue
-                seen.add(span)
-                if _version_context(text, m.start) or IBAN_BEFORE.search(before):
-                    continue
-                yield Finding("PHONE", m.start, m.end, m.raw_string, f"{rule}-{region.lower()}")
+    for region in regions:
+        for m in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.POSSIBLE):
+            span = (m.start, m.end)
+            if span in seen or not _isolated(text, m.start, m.end):
+                continue
+            before = text[max(0, m.start - 30) : m.start]
+            valid = phonenumbers.is_valid_number(m.number)
+            if not valid and (not PHONE_CONTEXT.search(before) or not _phone_shaped(m.raw_string)):
+                continue
+            seen.add(span)
+            if _version_context(text, m.start) or IBAN_BEFORE.search(before):
+                continue
+            rule = "phone" if valid else "phone-context"
+            yield Finding("PHONE", m.start, m.end, m.raw_string, f"{rule}-{region.lower()}")
 
 
 DETECTORS = (emails, urls, ips, accounts, nids, phones)
