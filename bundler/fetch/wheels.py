@@ -289,20 +289,29 @@ def build_enclave_wheel(tree: Path, staging: Path, reporter: Reporter) -> Fetche
         shutil.copytree(root / pkg, work / pkg, ignore=ignore)
     wheel_dir = staging / "enclave-wheel"
     shutil.rmtree(wheel_dir, ignore_errors=True)
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "wheel",
-        "--no-deps",
-        "--no-build-isolation",
-        "-q",
-        "-w",
-        str(wheel_dir),
-        str(work),
+    # The build backend already in this environment first (fast, offline); where it is too
+    # old for the pyproject, an isolated build with uv fetches the one pyproject asks for.
+    attempts = [
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheel_dir),
+            str(work),
+        ],
+        [*_uv(), "build", "--wheel", "--quiet", "--out-dir", str(wheel_dir), str(work)],
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
+    for cmd in attempts:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode == 0:
+            break
+        shutil.rmtree(wheel_dir, ignore_errors=True)
+    else:
         raise FetchError(
             f"python.enclave: building the enclave-kit wheel failed: {_tail(proc.stderr + proc.stdout)}"
         )
