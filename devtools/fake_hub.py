@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -65,6 +66,8 @@ class FakeHub:
 
     def __init__(self, lfs_threshold: int = 1024) -> None:
         self.lfs_threshold = lfs_threshold
+        self.delay = 0.0
+        """Seconds to wait before each file body, so a test can kill a client mid-download."""
         self.repos: dict[str, _Repo] = {}
         self.log: list[tuple[str, str]] = []
         self._lock = threading.Lock()
@@ -207,6 +210,8 @@ class FakeHub:
         if name not in repo.files:
             return self._error(req, 404, "EntryNotFound", f"{name} does not exist", head, repo.revision)
         data = repo.served.get(name, repo.files[name])
+        if not head and self.delay:
+            time.sleep(self.delay)
         etag = repo.etag(name)
         headers = {
             "X-Repo-Commit": repo.revision,

@@ -162,3 +162,41 @@ def test_a_rerun_replaces_a_corrupted_partial_file(hub, tmp_path, officer_keys):
     st = out / "models" / "org--tiny-llama" / hub.revision / "model.safetensors"
     assert st.read_bytes() == hub.repos[REPO].files["model.safetensors"]
     assert not (out / "files").exists(), "a file the manifest no longer asks for is swept"
+
+
+def test_a_killed_build_leaves_no_bundle_and_the_rerun_completes(hub, tmp_path, officer_keys):
+    """SIGKILL mid-download: OUT never exists half-made; the rerun fetches only what is missing."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    hub.delay = 0.6
+    env = {**os.environ, **hub_env(hub, tmp_path)}
+    out = tmp_path / "bundle"
+    manifest = write_manifest(tmp_path / "m.yaml", hub.revision)
+    cmd = [sys.executable, "-m", "bundler.cli", "bundle", "create", str(manifest), "-o", str(out)]
+    cmd += ["--key", str(officer_keys["bob.key"]), "--workers", "1"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(hub.downloads()) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.8)  # let at least one file land in the tree
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    served_before = len(hub.downloads())
+    total = len([n for n in hub.repos[REPO].files if not n.endswith(".md")])
+    assert served_before < total, "the build finished before it could be killed; raise hub.delay"
+
+    hub.delay = 0.0
+    done = create(manifest, out, officer_keys, hub_env(hub, tmp_path))
+    assert done.returncode == 0, done.stderr
+    refetched = hub.downloads()[served_before:]
+    assert len(refetched) < total, "the rerun downloaded every file again"
+    assert "reused" in done.stdout
+    model_dir = out / "models" / "org--tiny-llama" / hub.revision
+    for name, data in hub.repos[REPO].files.items():
+        if not name.endswith(".md"):
+            assert (model_dir / name).read_bytes() == data
