@@ -96,3 +96,15 @@ def test_cli_inspect_with_trust_checks_signatures(signed_bundle, officer_keys):
     # Without --trust it still shows what it says, marked as not verified.
     proc = run_enclave("bundle", "inspect", str(signed_bundle))
     assert proc.returncode == 0 and "6.6.6" in proc.stdout and "not verified" in proc.stdout
+
+
+def test_pack_write_failure_is_one_line_and_leaves_nothing(signed_bundle, tmp_path):
+    """A link planted at the temp name is not followed (O_NOFOLLOW): the write fails cleanly."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".b.tar.tmp").symlink_to("/dev/full")
+    proc = run_enclave("bundle", "pack", str(signed_bundle), "-o", str(out / "b.tar"))
+    assert proc.returncode == 10 and "Traceback" not in proc.stderr, proc.stderr
+    assert "b.tar" in proc.stderr and "symbolic links" in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == [".b.tar.tmp"]
+    assert (out / ".b.tar.tmp").is_symlink()

@@ -60,8 +60,10 @@ class _PartWriter:
             self._fh.close()
         final = part_name(self.out, len(self.temps)) if self.split else self.out
         tmp = final.with_name(f".{final.name}.tmp")
-        self._fh = open(tmp, "wb")  # noqa: SIM115
+        # O_NOFOLLOW: a link planted at the temp name must not redirect the archive elsewhere.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         self.temps.append(tmp)
+        self._fh = os.fdopen(fd, "wb")
         self._room = self.split or -1
 
     def write(self, data: bytes | memoryview) -> int:
@@ -161,6 +163,9 @@ def pack_bundle(bundle_dir: Path | str, out: Path | str, *, split_size: int | No
                     except OSError as exc:  # the file shrank while we packed it
                         raise BundleError(f"{bundle_dir / entry.path}: {exc}", path=entry.path) from None
         return writer.finish()
+    except OSError as exc:  # a full or removed disk: one line, and no half-written parts left
+        writer.abort()
+        raise BundleError(f"{exc.filename or out}: {exc.strerror or exc}") from None
     except BaseException:
         writer.abort()
         raise

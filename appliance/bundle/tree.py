@@ -9,6 +9,7 @@ O_NOFOLLOW so a file swapped for a link after the walk is not followed either.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -18,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from appliance.errors import SpecialFile, SymlinkFound, UnsafePath
+from appliance.errors import BundleError, MissingFile, SpecialFile, SymlinkFound, UnsafePath
 
 CHUNK = 1 << 20
 Progress = Callable[[int, int], None]
@@ -112,10 +113,12 @@ def _hash_one(path: Path, advance: Callable[[int], None]) -> tuple[str, int]:
                 h.update(view[:n])
                 size += n
                 advance(n)
+    except FileNotFoundError:
+        raise MissingFile(f"{path}: disappeared while it was being verified", path=str(path)) from None
     except OSError as exc:
-        if exc.errno == 40:  # ELOOP: the path became a symlink after the walk
+        if exc.errno == errno.ELOOP:  # the path became a symlink after the walk
             raise SymlinkFound(f"{path}: is a symlink; bundles hold no links", path=str(path)) from None
-        raise
+        raise BundleError(f"{path}: cannot read ({exc.strerror})", path=str(path)) from None
     finally:
         if fd >= 0:
             os.close(fd)

@@ -687,10 +687,13 @@ def verify_bundle(
     started = time.monotonic()
     trusted = load_trusted(trusted_keys)
     parts = source_parts(path)
-    if parts[0].is_dir():
-        report = _verify_dir(parts[0], trusted, require_signatures, now, progress, workers)
-    else:
-        report = _stream_tar(parts, trusted, require_signatures, now, progress, None)
+    try:
+        if parts[0].is_dir():
+            report = _verify_dir(parts[0], trusted, require_signatures, now, progress, workers)
+        else:
+            report = _stream_tar(parts, trusted, require_signatures, now, progress, None)
+    except OSError as exc:  # unreadable media, a part removed mid-read: one line, not a traceback
+        raise BundleError(f"{exc.filename or parts[0]}: {exc.strerror or exc}") from None
     report.seconds = time.monotonic() - started
     return report
 
@@ -719,7 +722,10 @@ def verified_bundle_dir(
     trusted = load_trusted(trusted_keys)
     parts = source_parts(path)
     if parts[0].is_dir():
-        report = _verify_dir(parts[0], trusted, require_signatures, now, progress, workers)
+        try:
+            report = _verify_dir(parts[0], trusted, require_signatures, now, progress, workers)
+        except OSError as exc:
+            raise BundleError(f"{exc.filename or parts[0]}: {exc.strerror or exc}") from None
         report.seconds = time.monotonic() - started
         return parts[0], report
     staging = Path(staging_dir)
