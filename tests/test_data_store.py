@@ -7,6 +7,8 @@ import json
 import sqlite3
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from appliance.config import Classification, key_file_path
 from appliance.crypto.keys import generate_key_file
@@ -255,3 +257,38 @@ def test_cli_add_list_show_and_bad_input_exit_codes(tmp_path):
     assert "Traceback" not in r.stderr
     r = run_enclave("data", "add", str(src), "--name", "x", "--classification", "top", "--prefix", prefix)
     assert r.returncode == 40 and "--classification" in r.stderr
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    cases=st.lists(st.integers(min_value=0, max_value=12), min_size=2, max_size=60),
+    fraction=st.sampled_from([0.1, 0.2, 0.33]),
+    seed=st.integers(min_value=0, max_value=1000),
+)
+def test_split_files_keep_groups_apart_on_random_data(tmp_path_factory, cases, fraction, seed):
+    base = tmp_path_factory.mktemp("split")
+    lay = with_data_key(Layout.at(base / "p"))
+    rows = [{"instruction": f"q{i}", "output": "a", "case": c} for i, c in enumerate(cases)]
+    src = write_jsonl(base / "r.jsonl", rows)
+    try:
+        rec = intake.add(
+            lay,
+            src,
+            name="s",
+            classification=Classification.public,
+            split_by="case",
+            eval_fraction=fraction,
+            seed=seed,
+            scrub=False,
+        ).record
+    except SplitError:
+        assert len(set(cases)) < 2 or len(cases) - min(cases.count(c) for c in set(cases)) < fraction * len(
+            cases
+        )
+        assert not (lay.datasets.exists() and any(lay.datasets.iterdir()))
+        return
+    train = [json.loads(x) for x in rec.train_path.read_text().splitlines()]
+    held = [json.loads(x) for x in rec.eval_path.read_text().splitlines()]
+    assert not {r["case"] for r in train} & {r["case"] for r in held}
+    assert len(held) >= fraction * len(rows) and len(train) >= 1
+    assert sorted(r["instruction"] for r in train + held) == sorted(r["instruction"] for r in rows)

@@ -74,6 +74,21 @@ TRUE_POSITIVES = [
     ("google AIzaSyD-9tSrke72PouQMnMX-a7eZSW0jkFMBWY", "AIzaSyD-9tSrke72PouQMnMX-a7eZSW0jkFMBWY", "SECRET"),
     ("openai sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv", "sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv", "SECRET"),
     ("openai sk-Zx81Qw72Er63Ty54Ui45Op36", "sk-Zx81Qw72Er63Ty54Ui45Op36", "SECRET"),
+    ("gitlab glpat-Ab12Cd34Ef56Gh78Ij90", "glpat-Ab12Cd34Ef56Gh78Ij90", "SECRET"),
+    ("hf token hf_AbCdEfGhIjKlMnOpQrStUvWxYz01234567", "hf_AbCdEfGhIjKlMnOpQrStUvWxYz01234567", "SECRET"),
+    ("npm_" + "Ab1" * 12 + " in .npmrc", "npm_" + "Ab1" * 12, "SECRET"),
+    (
+        "SG.Ab12Cd34Ef56Gh78Ij90Kl.Mn12Op34Qr56St78Uv90Wx",
+        "SG.Ab12Cd34Ef56Gh78Ij90Kl.Mn12Op34Qr56St78Uv90Wx",
+        "SECRET",
+    ),
+    ("twilio SK" + "0123456789abcdef" * 2, "SK" + "0123456789abcdef" * 2, "SECRET"),
+    ("oauth ya29.a0AfH6SMBx3Ab12Cd34Ef56Gh78", "ya29.a0AfH6SMBx3Ab12Cd34Ef56Gh78", "SECRET"),
+    (
+        "hook https://hooks.slack.com/services/T0001/B0002/XyZ123abc",
+        "https://hooks.slack.com/services/T0001/B0002/XyZ123abc",
+        "SECRET",
+    ),
     (
         "jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U ok",
         "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
