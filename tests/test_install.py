@@ -216,12 +216,57 @@ def test_pip_fallback_builds_the_same_environment(make_install_bundle, install_p
     ok(proc)
     rel = current_release(Layout.at(tmp_path))
     assert rel.receipt()["installer"] == "pip"
-    probe = subprocess.run(
-        [str(rel.python), "-c", "import yaml, cffi, idna, packaging"], capture_output=True
-    )
+    probe = subprocess.run([str(rel.python), "-c", "import yaml, cffi, idna, packaging"], capture_output=True)
     assert probe.returncode == 0, probe.stderr
     # venv wrote its paths in the staging dir; they must name the final path after the rename.
     activate = (rel.bin / "activate").read_text()
     assert str(rel.venv) in activate and ".staging-" not in activate
     proc = subprocess.run([*ENCLAVE, "audit", "--prefix", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_disk_space_is_checked_before_anything_is_written(make_install_bundle, install_parts, tmp_path):
+    """A real small filesystem (tmpfs of 2 MiB in a private mount namespace) as the prefix."""
+    if os.geteuid() != 0 or subprocess.run(["unshare", "-m", "-n", "true"], capture_output=True).returncode:
+        pytest.skip("needs root for a private mount namespace (unshare -m) to mount a small tmpfs")
+    prefix = tmp_path / "small"
+    prefix.mkdir()
+    cli = " ".join(ENCLAVE)
+    script = (
+        f"mount -t tmpfs -o size=2m tmpfs {prefix} || exit 99; "
+        f"{cli} install {make_install_bundle('1.0.0')} --trust {install_parts['pub']} --prefix {prefix}; "
+        f"rc=$?; echo CONTENT: $(ls -A {prefix}); exit $rc"
+    )
+    proc = subprocess.run(["unshare", "-m", "-n", "sh", "-c", script], capture_output=True, text=True)
+    line = one_error_line(proc, 33)
+    assert "not enough free space for installing demo-1.0.0: needs" in line and "MiB free" in line
+    # Only the lock file: no release, no store, no registry, no env file.
+    assert proc.stdout.split("CONTENT:")[1].split() == [".install.lock"]
+
+
+def test_os_packages_only_with_the_flag(make_install_bundle, install_parts, tmp_path):
+    if shutil.which("dpkg-deb") is None:
+        pytest.skip("dpkg-deb is not available to build the test package")
+    pkg = tmp_path / "pkg"
+    (pkg / "DEBIAN").mkdir(parents=True)
+    (pkg / "DEBIAN" / "control").write_text(
+        "Package: enclave-probe\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@example.invalid>\n"
+        "Description: install test probe\n"
+    )
+    (pkg / "usr" / "share" / "enclave-probe").mkdir(parents=True)
+    (pkg / "usr" / "share" / "enclave-probe" / "hello").write_text("hi\n")
+    deb = tmp_path / "enclave-probe_1.0_all.deb"
+    subprocess.run(
+        ["dpkg-deb", "--root-owner-group", "-b", str(pkg), str(deb)], check=True, capture_output=True
+    )
+    # dpkg acts on a root of its own (its own admin dir), never on this machine's packages.
+    root = tmp_path / "root"
+    for d in ("updates", "info"):
+        (root / "var" / "lib" / "dpkg" / d).mkdir(parents=True)
+    (root / "var" / "lib" / "dpkg" / "status").write_text("")
+    env = {"ENCLAVE_DPKG_OPTS": f"--root={root} --force-script-chrootless --force-not-root"}
+    bundle = make_install_bundle("1.0.0", debs=[deb])
+    ok(install(bundle, tmp_path / "p1", install_parts["pub"], env=env))
+    assert not (root / "usr" / "share" / "enclave-probe" / "hello").exists()
+    ok(install(bundle, tmp_path / "p2", install_parts["pub"], "--with-os-packages", env=env))
+    assert (root / "usr" / "share" / "enclave-probe" / "hello").read_text() == "hi\n"

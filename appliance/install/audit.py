@@ -116,6 +116,7 @@ def _check_wheels(release: Release, actual: dict[str, dict], report: AuditReport
     site_rel = str(site.relative_to(release.path))
     expected = {(canonicalize_name(w.name), w.version) for w in bundle_wheels(release.manifest)}
     found = set()
+    flagged = {str(Path(f.path).resolve()) for f in report.findings}
     for record in sorted(site.glob("*.dist-info/RECORD")):
         dist = record.parent.name.removesuffix(".dist-info")
         name, _, version = dist.rpartition("-")
@@ -130,7 +131,8 @@ def _check_wheels(release: Release, actual: dict[str, dict], report: AuditReport
                 continue
             want = _record_hex(row[1])
             got = actual.get(f"{site_rel}/{row[0]}", {}).get("sha256")
-            if want and got and got != want:
+            already = str(site / row[0]) in flagged
+            if want and got and got != want and not already:
                 report.add("modified", site / row[0], f"differs from {dist}'s RECORD")
     for name, version in sorted(expected - found):
         report.add("missing", site, f"distribution {name}=={version} from bundle.json is not installed")
@@ -166,7 +168,11 @@ def _check_store(layout: Layout, report: AuditReport) -> None:
     if snaps.is_dir():
         for org in sorted(snaps.iterdir()):
             for rev in sorted(org.iterdir()) if org.is_dir() else [org]:
-                if (org.name, rev.name) not in pinned:
+                if rev.name.startswith(store.TMP_PREFIX):
+                    report.add(
+                        "unexplained", rev, "left by an interrupted install (the next install removes it)"
+                    )
+                elif (org.name, rev.name) not in pinned:
                     report.add("unexplained", rev, "model snapshot pinned by no installed release")
     blobs = store.blobs_dir(layout)
     if blobs.is_dir():
@@ -185,4 +191,3 @@ def audit(layout: Layout, release_name: str | None = None) -> AuditReport:
     _check_models(layout, release, report)
     _check_store(layout, report)
     return report
-

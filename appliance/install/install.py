@@ -170,7 +170,6 @@ def install(
         swept = sweep(layout)
         if swept:
             say(f"removed leftovers of an interrupted install: {', '.join(sorted(swept))}")
-        layout.releases.mkdir(parents=True, exist_ok=True)
         tag = os.getpid()
         work = layout.releases / f"{STAGING_PREFIX}work.{tag}"
         try:
@@ -218,7 +217,7 @@ def _install_verified(
     diskspace.check(layout.prefix, needed, f"installing {name}")
 
     staging = layout.releases / f"{STAGING_PREFIX}{name}.{os.getpid()}"
-    staging.mkdir()
+    staging.mkdir(parents=True)
     say(f"building the Python environment from {len(manifest.wheels) or 'the'} wheels")
     installer = build_venv(
         bundle_dir,
