@@ -218,7 +218,7 @@ def add(
         with contextlib.closing(store.connect(layout)) as conn, registry.transaction(conn):
             existing = store.check_free(conn, name, sha, classification)
             if existing is not None:
-                return AddResult(store._record(layout, existing), already=True)
+                return AddResult(store.record_from_row(layout, existing), already=True)
             store.install_dir(staging, store.dataset_dir(layout, sha))
             try:
                 vault.create(layout, sha, raw.path, mapping, kek)

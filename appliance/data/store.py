@@ -132,7 +132,7 @@ def dataset_dir(layout: Layout, sha256: str) -> Path:
     return layout.datasets.absolute() / sha256
 
 
-def _record(layout: Layout, row: sqlite3.Row) -> DatasetRecord:
+def record_from_row(layout: Layout, row: sqlite3.Row) -> DatasetRecord:
     d = dataset_dir(layout, row["sha256"])
     return DatasetRecord(
         name=row["name"],
@@ -172,7 +172,7 @@ def find(layout: Layout, name_or_hash: str, conn: sqlite3.Connection | None = No
             row = rows[0] if rows else None
         if row is None:
             raise DatasetNotFound(f"dataset {name_or_hash!r}: not registered under {layout.prefix}")
-        return _record(layout, row)
+        return record_from_row(layout, row)
     finally:
         if own:
             conn.close()
@@ -182,7 +182,9 @@ def list_datasets(layout: Layout) -> list[DatasetRecord]:
     if not layout.registry.exists():
         return []
     with contextlib.closing(connect(layout)) as conn:
-        return [_record(layout, r) for r in conn.execute("SELECT * FROM datasets ORDER BY created, name")]
+        return [
+            record_from_row(layout, r) for r in conn.execute("SELECT * FROM datasets ORDER BY created, name")
+        ]
 
 
 def content_sha256(train: Path, eval_: Path | None) -> str:
