@@ -161,3 +161,63 @@ def test_toolchain_falls_back_to_the_development_venv_and_stays_offline(tmp_path
     assert (Path(env["ANSIBLE_COLLECTIONS_PATH"]) / "ansible_collections" / "community" / "crypto").is_dir()
     argv = playbook_argv(tc, tmp_path / "inv.ini", check=True, tags=["luks", "egress_lockdown"])
     assert argv[-4:] == ["--check", "--diff", "--tags", "luks,egress_lockdown"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="site.yml becomes root")
+def test_the_installed_release_toolchain_is_preferred(tmp_path):
+    """A release under PREFIX/current with its own ansible-playbook and roles is what runs."""
+    import json
+    import shutil
+
+    from appliance.provision import _collections_of
+
+    prefix = tmp_path / "prefix"
+    release = prefix / "releases" / "enclave-1.2.3"
+    dev_bin = Path(sys.executable).parent
+    (release / "venv" / "bin").mkdir(parents=True)
+    (release / "venv" / "bin" / "ansible-playbook").symlink_to(dev_bin / "ansible-playbook")
+    site = release / "venv" / "lib" / "python3.11" / "site-packages"
+    site.mkdir(parents=True)
+    dev_collections = _collections_of(Path(sys.prefix))
+    assert dev_collections is not None
+    (site / "ansible_collections").symlink_to(dev_collections)
+    shutil.copytree(Path(__file__).resolve().parent.parent / "ansible", release / "ansible")
+    # The release's own roles differ from the checkout's: prove those are the ones that ran.
+    marker = release / "ansible" / "roles" / "egress_lockdown" / "templates" / "nftables.conf.j2"
+    marker.write_text(marker.read_text().replace("flush ruleset", "flush ruleset\n# from-the-release"))
+    manifest = {
+        "format": 1,
+        "name": "enclave",
+        "version": "1.2.3",
+        "created": "2026-01-01T00:00:00Z",
+        "target": {},
+        "files": [],
+    }
+    (release / "bundle.json").write_text(json.dumps(manifest))
+    (release / "receipt.json").write_text("{}")
+    (prefix / "current").symlink_to(Path("releases") / "enclave-1.2.3")
+
+    tc = find_toolchain(Layout.at(prefix))
+    assert tc.origin == "release enclave-1.2.3"
+    assert tc.playbook == release / "ansible" / "site.yml"
+    assert tc.collections == site / "ansible_collections"
+
+    inv = tmp_path / "inventory.ini"
+    inv.write_text("[enclave_hosts]\n" + LOCAL)
+    r = run_enclave(
+        "provision",
+        "--check",
+        "--tags",
+        "egress_lockdown",
+        "--inventory",
+        str(inv),
+        "--prefix",
+        str(prefix),
+        "-e",
+        '{"egress_lockdown_admin_networks": ["10.20.99.0/24"], "egress_lockdown_apply": false,'
+        f' "egress_lockdown_rules_path": "{tmp_path / "nft.conf"}"}}',
+        env={"ANSIBLE_HOME": str(tmp_path / ".ansible")},
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "(release enclave-1.2.3)" in r.stderr
+    assert "+# from-the-release" in r.stdout
