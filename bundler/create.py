@@ -108,10 +108,12 @@ def _python(m: LoadedManifest, tree: Path, staging: Path, reporter: Reporter, wo
     py = m.spec.python
     assert py is not None
     lock = m.resolve(py.lock) if py.lock is not None else None
-    locks, lock_files = resolve_python(py.requirements, lock, py.enclave, m.spec.target, tree, reporter)
+    locks, lock_files = resolve_python(
+        py.requirements, lock, py.enclave, m.spec.target, tree, reporter, indexes=py.indexes
+    )
     out = Fetched(files=list(lock_files))
     if locks:
-        out.merge(download_wheels(locks, m.spec.target, tree, reporter, workers))
+        out.merge(download_wheels(locks, m.spec.target, tree, reporter, workers, indexes=py.indexes))
     if py.enclave:
         out.merge(build_enclave_wheel(tree, staging, reporter))
     return out

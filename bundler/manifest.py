@@ -107,6 +107,12 @@ def _requirement(v: str) -> str:
     return v
 
 
+def _index_url(v: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", v):
+        raise ValueError(f"{v!r} is not an http(s) URL")
+    return v
+
+
 class PythonSpec(_Strict):
     """What goes into wheels/: requirements resolved for the target, or a lock with hashes."""
 
@@ -114,6 +120,8 @@ class PythonSpec(_Strict):
     lock: str | None = None
     enclave: bool = True
     """Ship the enclave-kit wheel (built from this tree) and its runtime dependencies."""
+    indexes: list[Annotated[str, AfterValidator(_index_url)]] = []
+    """Extra package indexes, searched before the default one (e.g. CUDA-specific torch builds)."""
 
     @model_validator(mode="after")
     def _one_of(self) -> PythonSpec:

@@ -93,6 +93,7 @@ def compile_lock(
     out: Path,
     *,
     constraints: list[str] | None = None,
+    indexes: list[str] | None = None,
     what: str,
 ) -> None:
     """Resolve `requirements` for the target into a hashed lock at `out`."""
@@ -117,6 +118,8 @@ def compile_lock(
             "-o",
             str(Path(tmp) / "out.lock"),
         ]
+        for url in indexes or []:
+            cmd += ["--extra-index-url", url]
         if constraints:
             c_file = Path(tmp) / "constraints.txt"
             c_file.write_text("\n".join(constraints) + "\n")
@@ -134,7 +137,9 @@ def _logical_lines(lock: Path) -> list[str]:
     return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
 
 
-def _pip_download(lines: list[str], target: TargetPlatform, dest: Path, on_saved, what: str) -> None:
+def _pip_download(
+    lines: list[str], target: TargetPlatform, dest: Path, on_saved, what: str, indexes: list[str]
+) -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".lock", delete=False) as fh:
         fh.write("\n".join(lines) + "\n")
         chunk = fh.name
@@ -160,6 +165,8 @@ def _pip_download(lines: list[str], target: TargetPlatform, dest: Path, on_saved
     ]
     for tag in target.pip_platforms:
         cmd += ["--platform", tag]
+    for url in indexes:
+        cmd += ["--extra-index-url", url]
     env = dict(os.environ, PIP_NO_INPUT="1")
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -181,7 +188,12 @@ def _pip_download(lines: list[str], target: TargetPlatform, dest: Path, on_saved
 
 
 def download_wheels(
-    locks: list[Path], target: TargetPlatform, tree: Path, reporter: Reporter, workers: int = 4
+    locks: list[Path],
+    target: TargetPlatform,
+    tree: Path,
+    reporter: Reporter,
+    workers: int = 4,
+    indexes: list[str] | None = None,
 ) -> Fetched:
     """Every requirement of the locks as a wheel in wheels/, hash-checked by pip; several pips in parallel."""
     dest = tree / WHEELS_DIR
@@ -210,7 +222,9 @@ def download_wheels(
     n = max(1, min(workers, len(todo)))
     chunks = [todo[i::n] for i in range(n)]
     with ThreadPoolExecutor(max_workers=n, thread_name_prefix="pip") as pool:
-        for f in [pool.submit(_pip_download, c, target, dest, saved, "python") for c in chunks if c]:
+        for f in [
+            pool.submit(_pip_download, c, target, dest, saved, "python", indexes or []) for c in chunks if c
+        ]:
             f.result()
     out = Fetched(fetched=counts[True], reused=counts[False])
     wanted = {
@@ -334,6 +348,32 @@ def build_enclave_wheel(tree: Path, staging: Path, reporter: Reporter) -> Fetche
     )
 
 
+CUDA_RUNTIME_RE = re.compile(r"^nvidia-cuda-runtime(?:-cu(\d+))?$")
+
+
+def cuda_majors(lock: Path) -> set[str]:
+    """CUDA majors a lock pins runtime wheels for (`nvidia-cuda-runtime-cu12`, `...-runtime==13.x`)."""
+    majors = set()
+    for pin in lock_pins(lock):
+        req = Requirement(pin.split(";", 1)[0])
+        m = CUDA_RUNTIME_RE.match(canonicalize_name(req.name))
+        if m:
+            majors.add(m.group(1) or str(next(iter(req.specifier)).version).split(".")[0])
+    return majors
+
+
+def check_cuda(target: TargetPlatform, lock: Path, what: str) -> None:
+    """A host with CUDA N cannot load runtime wheels built for another major: refuse now, not there."""
+    if target.cuda is None:
+        return
+    majors = cuda_majors(lock)
+    if majors and majors != {target.cuda}:
+        raise FetchError(
+            f"{what}: resolves to CUDA {', '.join(sorted(majors))} runtime wheels but target.cuda is"
+            f" {target.cuda}: pin builds for CUDA {target.cuda} (python.indexes, or a lock)"
+        )
+
+
 def resolve_python(
     requirements: list[str] | None,
     lock: Path | None,
@@ -341,6 +381,7 @@ def resolve_python(
     target: TargetPlatform,
     tree: Path,
     reporter: Reporter,
+    indexes: list[str] | None = None,
 ) -> tuple[list[Path], list[Produced]]:
     """Write the locks into the tree; returns the locks to download and their entries."""
     locks: list[Path] = []
@@ -349,20 +390,24 @@ def resolve_python(
     if lock is not None:
         user_lock.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(user_lock, lock.read_text())
+        check_cuda(target, user_lock, "python.lock")
     elif requirements:
-        compile_lock(requirements, target, user_lock, what="python.requirements")
+        compile_lock(requirements, target, user_lock, indexes=indexes, what="python.requirements")
+        check_cuda(target, user_lock, "python.requirements")
     if user_lock.exists() and (lock is not None or requirements):
         locks.append(user_lock)
-        produced.append(
-            Produced(
-                f"{WHEELS_DIR}/{LOCK_NAME}", FileKind.lock, "uv pip compile" if lock is None else "local"
-            )
-        )
+        source = "uv pip compile" if lock is None else "local"
+        produced.append(Produced(f"{WHEELS_DIR}/{LOCK_NAME}", FileKind.lock, source))
     if include_enclave:
         app_lock = tree / APPLIANCE_DIR / LOCK_NAME
         pins = lock_pins(user_lock) if locks else None
         compile_lock(
-            enclave_runtime_requirements(), target, app_lock, constraints=pins, what="python.enclave"
+            enclave_runtime_requirements(),
+            target,
+            app_lock,
+            constraints=pins,
+            indexes=indexes,
+            what="python.enclave",
         )
         locks.append(app_lock)
         produced.append(Produced(f"{APPLIANCE_DIR}/{LOCK_NAME}", FileKind.lock, "uv pip compile"))
