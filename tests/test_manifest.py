@@ -87,6 +87,12 @@ BAD = [
     ("file-missing", _with(GOOD, "path: extra.txt", "path: gone.txt"), "files[0].path", "not a file"),
     ("bad-url", _with(GOOD, "https://example.invalid/a/b.tar.gz", "ftp://x/y"), "files[1].url", "http(s)"),
     ("bad-requirement", _with(GOOD, '"idna>=3"', '"idna>>3"'), "python.requirements[1]", "not a requirement"),
+    (
+        "bad-index",
+        _with(GOOD, "python:\n", 'python:\n  indexes: ["ftp://mirror/simple"]\n'),
+        "python.indexes[0]",
+        "http(s) URL",
+    ),
     ("deb-no-version", _with(GOOD, ', version: "2:2.6.1-4~deb12u2"', ""), "debs[0].version", "required"),
     ("bad-arch", _with(GOOD, "arch: aarch64", "arch: sparc"), "target.arch", "pattern"),
     ("past-expiry", _with(GOOD, "2099-01-01", "2001-01-01"), "expires", "past"),
