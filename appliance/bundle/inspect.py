@@ -32,6 +32,7 @@ from appliance.bundle.verify import (
     check_member,
     check_signatures,
     load_trusted,
+    read_small,
     source_parts,
 )
 from appliance.errors import BundleError
@@ -70,16 +71,19 @@ def _read_head(parts: list[Path]) -> tuple[bytes | None, dict[str, bytes], bytes
 
 
 def _read_dir(root: Path) -> tuple[bytes | None, dict[str, bytes], bytes | None]:
-    raw = (root / BUNDLE_JSON).read_bytes() if (root / BUNDLE_JSON).is_file() else None
+    """The same three documents from a directory: regular files only, links not followed, size-capped."""
+
+    def read(path: Path, limit: int) -> bytes | None:
+        return read_small(path, limit) if path.is_file() and not path.is_symlink() else None
+
+    raw = read(root / BUNDLE_JSON, MAX_MANIFEST_BYTES)
     sig_dir = root / SIGNATURES_DIR
     sigs = {}
     if sig_dir.is_dir() and not sig_dir.is_symlink():
         for p in sorted(sig_dir.iterdir()):
-            if p.name.endswith(SIGNATURE_SUFFIX) and p.is_file() and not p.is_symlink():
-                sigs[p.name] = p.read_bytes()
-    sbom_path = root / SBOM_NAME
-    sbom = sbom_path.read_bytes() if sbom_path.is_file() and not sbom_path.is_symlink() else None
-    return raw, sigs, sbom
+            if p.name.endswith(SIGNATURE_SUFFIX) and (data := read(p, MAX_SIGNATURE_BYTES)) is not None:
+                sigs[p.name] = data
+    return raw, sigs, read(root / SBOM_NAME, MAX_SBOM_BYTES)
 
 
 def sbom_summary(sbom: bytes | None) -> dict[str, Any] | None:

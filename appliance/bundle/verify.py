@@ -278,7 +278,7 @@ def _check_listed_path(rel: str, where: str) -> None:
 # --- directories --------------------------------------------------------------------
 
 
-def _read_small(path: Path, limit: int) -> bytes:
+def read_small(path: Path, limit: int) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     with os.fdopen(fd, "rb") as fh:
         data = fh.read(limit + 1)
@@ -321,10 +321,10 @@ def _verify_dir(
         raise MissingFile(f"{root / BUNDLE_JSON}: missing; not a bundle", path=BUNDLE_JSON)
 
     sigs = {
-        p.removeprefix(SIGNATURES_DIR + "/"): _read_small(root / p, MAX_SIGNATURE_BYTES) for p in sig_names
+        p.removeprefix(SIGNATURES_DIR + "/"): read_small(root / p, MAX_SIGNATURE_BYTES) for p in sig_names
     }
     statement, signers, untrusted = check_signatures(sigs, trusted, require, where)
-    raw = _read_small(root / BUNDLE_JSON, MAX_MANIFEST_BYTES)
+    raw = read_small(root / BUNDLE_JSON, MAX_MANIFEST_BYTES)
     manifest = check_manifest(raw, statement, where, now)
     listed = manifest.by_path()
 
