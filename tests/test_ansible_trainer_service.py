@@ -8,8 +8,10 @@ system user and the prefix directories, then a second run changes nothing.
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -97,10 +99,11 @@ def test_trainer_unit_verifies_and_is_sandboxed(tmp_path, service_user):
         "SystemCallFilter=@system-service",
     ):
         assert line in text.splitlines(), line
-    for d in ("queue", "runs", "adapters"):
+    uid = pwd.getpwnam(service_user).pw_uid
+    for d, mode in (("queue", 0o2770), ("queue/pending", 0o2770), ("runs", 0o2770), ("adapters", 0o750)):
         st = (prefix / d).stat()
-        assert (st.st_mode & 0o777) == 0o750
-        assert st.st_uid == __import__("pwd").getpwnam(service_user).pw_uid
+        assert stat.S_IMODE(st.st_mode) == mode, d
+        assert st.st_uid == uid, d
 
     verify = subprocess.run(
         ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=120

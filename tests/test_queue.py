@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -137,6 +138,9 @@ def test_runs_in_order_one_at_a_time_with_logs_and_state(env):
         # The run sees the offline switches and works in its own run directory.
         assert f"training {name} in {run_dir} offline 1" in log
         assert yaml.safe_load((run_dir / "config.yml").read_text())["name"] == name
+        # Shared by the submitting operator and the daemon (the trainer's group).
+        assert stat.S_IMODE(run_dir.stat().st_mode) == 0o2770
+        assert stat.S_IMODE((run_dir / "state.json").stat().st_mode) == 0o660
     assert list((env.layout.queue / "pending").iterdir()) == []
     assert list((env.layout.queue / "claimed").iterdir()) == []
 

@@ -175,7 +175,7 @@ class Queue:
             current = {"run_id": run_id}
         current.update(changes)
         current.setdefault("history", []).append({"state": current["state"], "at": _now()})
-        atomic_write_text(path, json.dumps(current, indent=2, sort_keys=True) + "\n", perms=0o640)
+        atomic_write_text(path, json.dumps(current, indent=2, sort_keys=True) + "\n", perms=0o660)
         return current
 
     @staticmethod
@@ -217,7 +217,10 @@ class Queue:
             raise QueueError(f"{config}: expected an axolotl config (a mapping at the top level)")
         run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(4)
         run_dir = self.run_dir(run_id)
-        run_dir.mkdir(parents=True, mode=0o750)
+        run_dir.mkdir(parents=True)
+        # Group-writable: the operator who submits and the trainer's daemon share the group
+        # (the role makes runs/ setgid), and both rewrite state.json.
+        run_dir.chmod(0o2770)
         atomic_write_bytes(run_dir / "config.yml", data, perms=0o640)
         self._write_state(
             run_id, state="queued", submitted_at=_now(), source=str(config), attempts=0, returncode=None
