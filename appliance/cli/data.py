@@ -22,6 +22,30 @@ NerOpt = Annotated[
 NoNerOpt = Annotated[bool, typer.Option("--no-ner", help="Find names by patterns only.")]
 
 
+def _progress(label: str):
+    """A rich bar on a terminal, a plain line per tenth otherwise (logs stay readable)."""
+    state: dict = {}
+
+    def update(done: int, total: int) -> None:
+        if err.is_terminal:
+            from rich.progress import Progress
+
+            if "bar" not in state:
+                state["bar"] = Progress(console=err, transient=True)
+                state["bar"].start()
+                state["task"] = state["bar"].add_task(label, total=total)
+            state["bar"].update(state["task"], completed=done)
+            if done >= total:
+                state["bar"].stop()
+            return
+        tenth = done * 10 // max(total, 1)
+        if total > 4096 and tenth > state.get("tenth", 0):
+            state["tenth"] = tenth
+            err.print(f"{label}: {done}/{total} strings")
+
+    return update
+
+
 def _classification(value: str) -> Classification:
     try:
         return Classification.parse(value)
@@ -60,6 +84,8 @@ def add(
     lay = layout(prefix.absolute())
     cls = _classification(classification)
     scrubber = None if no_scrub else intake.make_scrubber(lay, ner_model, use_ner=not no_ner)
+    if scrubber is not None:
+        scrubber.progress = _progress(f"scrubbing {src.name}")
     res = intake.add(
         lay,
         src,
@@ -147,7 +173,9 @@ def scan(
     from appliance.data import intake
 
     lay = layout(prefix.absolute())
-    rep = intake.scan(src, intake.make_scrubber(lay, ner_model, use_ner=not no_ner))
+    scrubber = intake.make_scrubber(lay, ner_model, use_ner=not no_ner)
+    scrubber.progress = _progress(f"scanning {src.name}")
+    rep = intake.scan(src, scrubber)
     if as_json:
         emit_json(rep)
         return

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +72,9 @@ def _set(value: Any, path: tuple, new: str) -> Any:
 class Scrubber:
     analyzer: Analyzer
     samples_per_type: int = 3
+    progress: Callable[[int, int], None] | None = None
+    """Called with (strings analysed, total) as the first pass goes; the CLI draws a bar."""
+    chunk: int = 2048
     placeholders: dict[tuple[str, str], str] = field(default_factory=dict)
     originals: dict[str, list[str]] = field(default_factory=dict)
     occurrences: Counter = field(default_factory=Counter)
@@ -104,8 +108,13 @@ class Scrubber:
         for items in per_row:
             for _, _, text in items:
                 self._taken.update(_PLACEHOLDER.findall(text))
-        # One analyzer call for the whole dataset: the NER model batches across rows.
-        flat = self.analyzer.analyze_texts([(k, s) for items in per_row for _, k, s in items])
+        # Large slices for the analyzer (the NER model batches across rows), reporting progress.
+        texts = [(k, s) for items in per_row for _, k, s in items]
+        flat: list[list[Finding]] = []
+        for i in range(0, len(texts), self.chunk):
+            flat += self.analyzer.analyze_texts(texts[i : i + self.chunk])
+            if self.progress is not None:
+                self.progress(min(i + self.chunk, len(texts)), len(texts))
         pos = 0
         for items, line in zip(per_row, lines, strict=True):
             found, pos = flat[pos : pos + len(items)], pos + len(items)
