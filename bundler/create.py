@@ -9,9 +9,12 @@ for are swept away before bundle.json is written, so the tree never holds strays
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import platform
 import shutil
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,8 +163,36 @@ def create_bundle(
     tree, staging = work / "bundle", work / "staging"
     if work.exists():
         reporter.line(f"resuming from {work}")
-    tree.mkdir(parents=True, exist_ok=True)
     staging.mkdir(parents=True, exist_ok=True)
+    with _exclusive(work / ".lock", out):
+        return _build(m, out, work, tree, staging, keys, reporter, workers)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path, out: Path) -> Iterator[None]:
+    """One build per OUT at a time: two would overwrite each other's partial files."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"{out}: another `bundle create` is building it right now") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _build(
+    m: LoadedManifest,
+    out: Path,
+    work: Path,
+    tree: Path,
+    staging: Path,
+    keys: list[SigningKey],
+    reporter: Reporter,
+    workers: int,
+) -> Result:
+    tree.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(tree / SIGNATURES_DIR, ignore_errors=True)
     (tree / BUNDLE_JSON).unlink(missing_ok=True)
 

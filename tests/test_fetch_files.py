@@ -109,3 +109,20 @@ def test_a_lock_hash_that_matches_no_wheel_is_refused(tmp_path, officer_keys):
     assert "python: pip download" in proc.stderr and "Traceback" not in proc.stderr
     assert "six==1.17.0" in proc.stderr and SIX_WHEEL_SHA in proc.stderr
     assert not list((tmp_path / "b.partial").rglob("*.whl"))
+
+
+def test_two_builds_of_one_output_do_not_mix(tmp_path, officer_keys):
+    import fcntl
+    import os
+
+    m = _manifest(tmp_path / "m.yaml", "")
+    (tmp_path / "b.partial").mkdir()
+    fd = os.open(tmp_path / "b.partial" / ".lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # stands in for a build in progress
+        proc = _create(m, tmp_path / "b", officer_keys)
+    finally:
+        os.close(fd)
+    assert proc.returncode == 2 and "another `bundle create` is building it" in proc.stderr
+    assert not (tmp_path / "b").exists()
+    assert _create(m, tmp_path / "b", officer_keys).returncode == 0
