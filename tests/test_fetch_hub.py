@@ -200,3 +200,20 @@ def test_a_killed_build_leaves_no_bundle_and_the_rerun_completes(hub, tmp_path, 
     for name, data in hub.repos[REPO].files.items():
         if not name.endswith(".md"):
             assert (model_dir / name).read_bytes() == data
+
+
+def test_an_unreachable_hub_is_one_line_not_a_traceback(tmp_path, officer_keys):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        "HF_ENDPOINT": f"http://127.0.0.1:{port}",
+        "HF_HOME": str(tmp_path / "hf"),
+        "NO_PROXY": "127.0.0.1",
+    }
+    proc = create(write_manifest(tmp_path / "m.yaml", "e" * 40), tmp_path / "b", officer_keys, env)
+    assert proc.returncode == FetchError.exit_code, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"models[0] {REPO}@eeeeeeeeeeee: cannot reach http://127.0.0.1:{port}" in proc.stderr

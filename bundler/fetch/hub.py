@@ -61,6 +61,7 @@ def _safe_name(name: str) -> bool:
 def fetch_hub_model(
     index: int, spec: ModelSpec, tree: Path, staging: Path, reporter: Reporter, workers: int = 4
 ) -> Fetched:
+    import httpx
     from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
     from huggingface_hub.utils import disable_progress_bars, filter_repo_objects
@@ -78,7 +79,7 @@ def fetch_hub_model(
         raise FetchError(f"{where}: repository not found (or not accessible) on {api.endpoint}") from None
     except HfHubHTTPError as exc:
         raise FetchError(f"{where}: the hub answered {str(exc).splitlines()[0]}") from None
-    except OSError as exc:
+    except (OSError, httpx.HTTPError) as exc:
         raise FetchError(f"{where}: cannot reach {api.endpoint}: {exc}") from None
     if info.sha is not None and info.sha != rev:
         raise FetchError(f"{where}: the hub resolved the revision to {info.sha}, not the pinned commit")
@@ -117,8 +118,8 @@ def fetch_hub_model(
             got = hf_hub_download(repo, name, revision=rev, local_dir=stage_dir)
         except HfHubHTTPError as exc:
             raise FetchError(f"{where}: {name}: the hub answered {str(exc).splitlines()[0]}") from None
-        except OSError as exc:
-            raise FetchError(f"{where}: {name}: download failed: {exc}") from None
+        except (OSError, httpx.HTTPError) as exc:
+            raise FetchError(f"{where}: {name}: download failed: {str(exc).splitlines()[0]}") from None
         got_path = Path(got)
         why, sha, size = _mismatch(got_path, sibling)
         if why is not None:

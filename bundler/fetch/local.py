@@ -10,6 +10,7 @@ tool state, not model, and the verifier refuses `.git` paths anyway.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import tempfile
@@ -129,7 +130,7 @@ def fetch_file(
         if spec.url is not None:
             try:
                 _download(spec.url, tmp)
-            except OSError as exc:
+            except (OSError, http.client.HTTPException) as exc:
                 raise FetchError(f"{where}: download failed: {exc}") from None
         else:
             assert src is not None
