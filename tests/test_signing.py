@@ -119,3 +119,25 @@ def test_signature_made_by_the_plain_model_signing_cli_verifies(bundle, officer_
     assert proc.returncode == 0, proc.stderr
     report = verify_bundle(bundle, [officer_keys["alice.pub"], officer_keys["bob.pub"]], require_signatures=2)
     assert sorted(s.name for s in report.signers) == ["alice", "bob"]
+
+
+def test_several_officers_at_one_sitting_hash_once(bundle, officer_keys):
+    from appliance.bundle.verify import verify_bundle
+
+    calls = []
+    sigs = signing.sign_bundle_keys(
+        bundle,
+        [(officer_keys["alice.key"], ALICE_PASS, "alice"), (officer_keys["bob.key"], None, "bob")],
+        progress=lambda done, total: calls.append(total),
+    )
+    assert [s.name for s in sigs] == ["alice.sig", "bob.sig"]
+    assert len(set(calls)) == 1  # one pass over the tree
+    report = verify_bundle(bundle, [officer_keys["alice.pub"], officer_keys["bob.pub"]], require_signatures=2)
+    assert len(report.signers) == 2
+    # A wrong passphrase for the second key stops everything before a byte is hashed.
+    (bundle / "signatures" / "alice.sig").unlink()
+    with pytest.raises(KeyError_):
+        signing.sign_bundle_keys(
+            bundle, [(officer_keys["bob.key"], None, "x"), (officer_keys["alice.key"], b"no", "y")]
+        )
+    assert not (bundle / "signatures" / "x.sig").exists()

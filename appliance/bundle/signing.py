@@ -117,12 +117,42 @@ def sign_bundle(
 ) -> Path:
     """Check the tree against bundle.json, then sign it; returns the signature's path.
 
-    Call once per officer; each call rehashes (bundles are signed once, verified often,
-    and a signature must describe the bytes on disk, not a cached idea of them).
+    Each call rehashes: a signature must describe the bytes on disk, not a cached idea of
+    them. Several officers at one sitting: `sign_bundle_keys` hashes once for all.
     """
+    (sig,) = sign_bundle_keys(
+        bundle_dir, [(Path(private_key_path), passphrase, signer)], workers=workers, progress=progress
+    )
+    return sig
+
+
+def sign_bundle_keys(
+    bundle_dir: Path,
+    signers: list[tuple[Path, bytes | None, str | None]],
+    *,
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> list[Path]:
+    """`sign_bundle` for (key, passphrase, signer name) each, with one hashing pass for all."""
     bundle_dir = Path(bundle_dir)
-    keys.load_private_key(private_key_path, passphrase)  # a bad key fails before any hashing
+    for key_path, passphrase, _ in signers:
+        keys.load_private_key(key_path, passphrase)  # a bad key fails before any hashing
     manifest = load_manifest_for_signing(bundle_dir)
+    digests = checked_digests(bundle_dir, manifest, workers=workers, progress=progress)
+    return [
+        sign_tree(bundle_dir, key_path, passphrase, digests, signer=name, model_name=manifest.release_name)
+        for key_path, passphrase, name in signers
+    ]
+
+
+def checked_digests(
+    bundle_dir: Path,
+    manifest: BundleManifest,
+    *,
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> dict[str, str]:
+    """{path: sha256} of every signable file, after proving the tree is exactly what bundle.json lists."""
     listed = manifest.by_path()
     for rel in listed:
         check_rel_path(rel, where=f"{bundle_dir / BUNDLE_JSON}")
@@ -144,7 +174,4 @@ def sign_bundle(
     for rel, entry in listed.items():
         if hashed[rel][0] != entry.sha256:
             raise ChangedFile(f"{bundle_dir / rel}: sha256 differs from bundle.json", path=rel)
-    digests = {rel: sha for rel, (sha, _size) in hashed.items()}
-    return sign_tree(
-        bundle_dir, private_key_path, passphrase, digests, signer=signer, model_name=manifest.release_name
-    )
+    return {rel: sha for rel, (sha, _size) in hashed.items()}
