@@ -9,6 +9,7 @@ import typer
 
 from appliance.bundle.keys import passphrase_for
 from appliance.cli.app import JsonOpt, bundle_app, emit_json, err, out
+from appliance.errors import FetchError
 
 
 @bundle_app.command("create")
@@ -37,8 +38,11 @@ def create(
 
     load_manifest(manifest)  # a broken manifest is reported before any passphrase is asked for
     keys = [SigningKey(k, passphrase_for(k)) for k in key]
-    with Reporter(err) as reporter:
-        result = create_bundle(manifest, output, keys, reporter, workers=workers)
+    try:
+        with Reporter(err) as reporter:
+            result = create_bundle(manifest, output, keys, reporter, workers=workers)
+    except OSError as exc:  # a full disk or a permission: one line; the partial build is kept
+        raise FetchError(f"{exc.filename or output}: {exc.strerror or exc}") from None
     m = result.manifest
     total = sum(f.size for f in m.files)
     summary = {
