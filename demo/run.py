@@ -137,6 +137,25 @@ def inspect_bundle(d: Demo) -> None:
     d.enclave("bundle", "inspect", d.bundle.relative_to(d.root))
 
 
+@step("Install the bundle offline into a temporary prefix, then show `enclave status`")
+def install_bundle(d: Demo) -> None:
+    prefix = _offline_prefix()
+    target = d.out / "enclave"
+    if target.exists():  # a fresh prefix each run: the demo shows a first install
+        shutil.rmtree(target)
+    d.enclave(
+        "install",
+        d.bundle.relative_to(d.root),
+        "--trust",
+        d.officer_pub.relative_to(d.root),
+        "--prefix",
+        target.relative_to(d.root),
+        prefix=prefix,
+    )
+    d.enclave("status", "--prefix", target.relative_to(d.root))
+    d.enclave("audit", "--prefix", target.relative_to(d.root))
+
+
 def main() -> int:
     demo = Demo(env={"ENCLAVE_KEY_PASSPHRASE": os.environ.get("ENCLAVE_KEY_PASSPHRASE", "demo-passphrase")})
     demo.out.mkdir(exist_ok=True)

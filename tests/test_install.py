@@ -270,3 +270,33 @@ def test_os_packages_only_with_the_flag(make_install_bundle, install_parts, tmp_
     assert not (root / "usr" / "share" / "enclave-probe" / "hello").exists()
     ok(install(bundle, tmp_path / "p2", install_parts["pub"], "--with-os-packages", env=env))
     assert (root / "usr" / "share" / "enclave-probe" / "hello").read_text() == "hi\n"
+
+
+def test_install_a_bundle_made_by_enclave_bundle_create(tiny_model_dir, install_parts, tmp_path):
+    """The real chain: `enclave bundle create` on the connected side, install inside `unshare -n`."""
+    from importlib.metadata import version
+
+    from conftest import run_enclave
+
+    shutil.copytree(tiny_model_dir, tmp_path / "model")
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        'apiVersion: enclave.dev/v1\nname: created\nversion: "2.0.0"\n'
+        "models:\n  - path: model\n    name: tiny\n"
+        f'python:\n  requirements: ["six==1.17.0", "idna==3.10", "uv=={version("uv")}"]\n  enclave: false\n'
+    )
+    bundle = tmp_path / "bundle"
+    proc = run_enclave(
+        "bundle", "create", str(manifest), "-o", str(bundle), "--key", str(install_parts["key"])
+    )
+    assert proc.returncode == 0, proc.stderr
+    prefix = tmp_path / "prefix"
+    ok(install(bundle, prefix, install_parts["pub"]))
+    rel = current_release(Layout.at(prefix))
+    assert rel.release_name == "created-2.0.0" and rel.receipt()["installer"] == "uv"
+    probe = subprocess.run(["unshare", "-n", str(rel.python), "-c", "import six, idna"], capture_output=True)
+    assert probe.returncode == 0, probe.stderr
+    (model,) = rel.manifest.models
+    assert (store.resolve_model(Layout.at(prefix), model.repo_id).path / "config.json").is_file()
+    proc = subprocess.run([*ENCLAVE, "audit", "--prefix", str(prefix)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
