@@ -221,3 +221,11 @@ def test_the_installed_release_toolchain_is_preferred(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "(release enclave-1.2.3)" in r.stderr
     assert "+# from-the-release" in r.stdout
+
+
+def test_unknown_tag_is_refused(tmp_path):
+    inv = tmp_path / "inventory.ini"
+    inv.write_text("[enclave_hosts]\n" + LOCAL)
+    r = run_enclave("provision", "-t", "luks,firewall", "--inventory", str(inv), "--prefix", str(tmp_path))
+    assert r.returncode == 2
+    assert "--tags: unknown role 'firewall'" in r.stderr

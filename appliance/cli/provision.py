@@ -8,8 +8,11 @@ from typing import Annotated
 import typer
 
 from appliance.cli.app import PrefixOpt, app, err, layout
+from appliance.errors import UsageError
 
 ROLE_TAGS = ("luks", "ssh_hardening", "trainer_service", "egress_lockdown")
+# The short names site.yml also tags the roles with.
+TAG_ALIASES = ("ssh", "trainer", "egress")
 
 
 def _say(msg: str) -> None:
@@ -46,6 +49,10 @@ def provision_cmd(
     from appliance.provision import run_playbook
 
     split = [t.strip() for item in tags or [] for t in item.split(",") if t.strip()]
+    unknown = [t for t in split if t not in ROLE_TAGS + TAG_ALIASES]
+    if unknown:
+        # ansible-playbook would run nothing and report success: refuse instead.
+        raise UsageError(f"--tags: unknown role {unknown[0]!r} (one of {', '.join(ROLE_TAGS)})")
     tc = run_playbook(
         layout(prefix),
         inventory,
