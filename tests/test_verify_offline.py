@@ -48,6 +48,7 @@ def test_verify_path_loads_no_http_client(signed_bundle, officer_keys, tmp_path)
     assert "model_signing._signing.sign_sigstore" not in loaded["model_signing"]
 
 
+@pytest.mark.root
 def test_verify_inside_a_network_namespace(signed_bundle, officer_keys, tmp_path):
     if not unshare_net_available():
         reason = "unshare -n is not available here (needs root or user namespaces)"
