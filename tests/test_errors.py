@@ -19,15 +19,25 @@ def test_cli_usage_error_is_one_line_and_exit_2():
 
 
 def test_exit_code_table_lists_every_code():
-    from tests.conftest import run_enclave
-
     import json
 
     import bundler.commands  # noqa: F401  (the connected side's errors)
     from appliance.cli import load_commands
+    from tests.conftest import run_enclave
 
     load_commands()  # every command module registers its errors, as in the CLI process
     proc = run_enclave("exit-codes", "--json", check=True)
 
     rows = json.loads(proc.stdout)
     assert {r["code"] for r in rows} == {0, *EXIT_CODES}
+
+
+def test_error_message_is_printed_verbatim_not_as_markup(tmp_path):
+    from tests.conftest import run_enclave
+
+    bad = tmp_path / "[hosts].yaml"
+    bad.write_text("apiVersion: nope\n")
+    proc = run_enclave("bundle", "create", str(bad), "-o", str(tmp_path / "out"), "--key", str(bad))
+    assert proc.returncode != 0
+    assert "[hosts].yaml" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -36,6 +36,8 @@ def load_commands() -> None:
 
 
 def run(app_factory=None) -> int:
+    from rich.text import Text
+
     from appliance.cli.app import app, err
 
     load_commands()
@@ -44,7 +46,8 @@ def run(app_factory=None) -> int:
     try:
         app(standalone_mode=False)
     except EnclaveError as exc:
-        err.print(f"[bold red]error:[/] {exc.message}", soft_wrap=True)
+        # The message is data (paths, YAML keys like `[hosts]`), never rich markup.
+        err.print(Text.assemble(("error: ", "bold red"), exc.message), soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
         err.print("[bold red]error:[/] interrupted")
