@@ -4,8 +4,10 @@ change to the environment or the model store is found, named, and fails the comm
 from __future__ import annotations
 
 import json
+import marshal
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,13 +59,21 @@ def site(prefix: Path) -> Path:
     return next((prefix / "current" / "venv").glob("lib/python*/site-packages")).resolve()
 
 
-def test_clean_after_using_the_environment(prefix):
+def use_environment(
+    prefix: Path, code: str = "import yaml, idna, idna.codec, packaging.version, cffi"
+) -> None:
+    """Import from the release's venv the ordinary way: Python writes its bytecode."""
     python = current_release(Layout.at(prefix)).python
-    # Importing writes no bytecode: it was compiled at install and recorded in the receipt.
-    use = subprocess.run(
-        [str(python), "-c", "import yaml, idna, packaging.version, cffi"], capture_output=True
-    )
-    assert use.returncode == 0, use.stderr
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    for opt in ([], ["-O"]):
+        use = subprocess.run([str(python), *opt, "-c", code], capture_output=True, env=env)
+        assert use.returncode == 0, use.stderr
+
+
+def test_clean_after_using_the_environment(prefix):
+    use_environment(prefix)
+    assert list(site(prefix).glob("idna/__pycache__/core.*.opt-1.pyc")), "Python wrote -O bytecode"
+    assert list(site(prefix).glob("yaml/__pycache__/*.cpython-*.pyc"))
     proc = run_audit(prefix)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "clean" in proc.stdout
@@ -79,6 +89,7 @@ def test_modified_venv_file(prefix):
 
 
 def test_missing_and_unexplained_files(prefix):
+    use_environment(prefix)
     (site(prefix) / "idna" / "codec.py").unlink()
     (site(prefix) / "zz_planted.pth").write_text("import os\n")
     pyc_dir = site(prefix) / "yaml" / "__pycache__"
@@ -86,7 +97,20 @@ def test_missing_and_unexplained_files(prefix):
     got = {(f["problem"], Path(f["path"]).name, f["detail"]) for f in findings(prefix)}
     assert ("missing", "codec.py", "recorded in receipt.json") in got
     assert ("unexplained", "zz_planted.pth", "not installed by enclave") in got
-    assert ("unexplained", "planted.cpython-311.pyc", "bytecode not written at install") in got
+    assert ("unexplained", "planted.cpython-311.pyc", "bytecode with no recorded source") in got
+    assert not [f for f in got if "codec.cpython" in f[1]], "a missing source is reported once"
+
+
+def test_tampered_bytecode_with_an_intact_source(prefix):
+    """What Python would run: a .pyc whose header still matches the source, but other code."""
+    use_environment(prefix)
+    source = site(prefix) / "idna" / "core.py"
+    pyc = source.parent / "__pycache__" / f"core.{sys.implementation.cache_tag}.pyc"
+    header = pyc.read_bytes()[:16]
+    evil = compile(source.read_text().replace("def encode(", "def encode_(", 1), str(source), "exec")
+    pyc.write_bytes(header + marshal.dumps(evil))
+    got = {(f["problem"], Path(f["path"]).name, f["detail"]) for f in findings(prefix)}
+    assert ("modified", pyc.name, "bytecode does not match a compile of its verified source") in got
 
 
 def test_editing_the_receipt_too_is_still_caught(prefix):

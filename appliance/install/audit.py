@@ -10,16 +10,22 @@ What is checked, and against what:
   receipt together is still caught;
 - every model file in the store against bundle.json, plus snapshots no release pins.
 
-Bytecode rule: `__pycache__/*.pyc` is compiled at install time and recorded like any other
-file, so Python has no reason to write new bytecode for an unmodified source. A `.pyc`
-that is not in the receipt is reported as unexplained (Python would execute it), never
-silently skipped; the message says it is bytecode so the operator knows what wrote it.
+Bytecode rule: nothing is compiled at install time; Python writes `__pycache__/*.pyc` on
+first import. Such a file is accepted only when its source `.py` is in the receipt with an
+unchanged sha256 and the code object in the `.pyc` equals a fresh `compile()` of that source
+(at the optimisation level its name says; code equality ignores only the file name). A `.pyc`
+that differs is reported as modified, and one with no recorded source as unexplained: a
+`.pyc` is what Python runs, so it is never skipped on its name alone.
 """
 
 from __future__ import annotations
 
 import base64
 import csv
+import importlib.util
+import marshal
+import re
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -88,9 +94,47 @@ def _check_release_files(release: Release, receipt: dict, report: AuditReport) -
             else:
                 report.add("modified", release.path / rel, "sha256 differs from receipt.json")
     for rel in sorted(set(actual) - set(recorded)):
-        what = "bytecode not written at install" if rel.endswith(".pyc") else "not installed by enclave"
-        report.add("unexplained", release.path / rel, what)
+        if rel.endswith(".pyc"):
+            problem = _check_bytecode(release.path, rel, recorded, actual)
+            if problem is not None:
+                report.add(*problem)
+            continue
+        report.add("unexplained", release.path / rel, "not installed by enclave")
     return actual
+
+
+PYC_RE = re.compile(
+    r"^(?P<dir>(?:.*/)?)__pycache__/(?P<name>[^/.]+)\.(?P<tag>[a-z]+-\d+)(?:\.opt-(?P<opt>[12]))?\.pyc$"
+)
+
+
+def _check_bytecode(root: Path, rel: str, recorded: dict, actual: dict) -> tuple[str, Path, str] | None:
+    """None when `rel` is the bytecode Python itself would write for a verified source."""
+    path = root / rel
+    m = PYC_RE.match(rel)
+    if m is None or m["tag"] != sys.implementation.cache_tag:
+        return ("unexplained", path, "bytecode not written by this Python for a recorded source")
+    source_rel = f"{m['dir']}{m['name']}.py"
+    want = recorded.get(source_rel)
+    if want is None or "sha256" not in want:
+        return ("unexplained", path, "bytecode with no recorded source")
+    if actual.get(source_rel) != want:
+        return None  # the source itself is reported; its bytecode adds nothing
+    try:
+        data = path.read_bytes()
+        source = (root / source_rel).read_bytes()
+        if data[:4] != importlib.util.MAGIC_NUMBER:
+            return ("modified", path, "not bytecode of this Python (bad magic)")
+        # Python unmarshals this very file at every import; the audit reading it adds no exposure.
+        code = marshal.loads(data[16:])  # noqa: S302
+        fresh = compile(
+            source, str(root / source_rel), "exec", dont_inherit=True, optimize=int(m["opt"] or 0)
+        )
+    except (OSError, ValueError, EOFError, TypeError, SyntaxError) as exc:
+        return ("modified", path, f"unreadable bytecode ({exc.__class__.__name__})")
+    if code != fresh:
+        return ("modified", path, "bytecode does not match a compile of its verified source")
+    return None
 
 
 def _check_against_manifest(

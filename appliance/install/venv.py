@@ -6,8 +6,8 @@ through a generated requirements file, so the resolver cannot pick anything else
 cache lives in the staging directory so nothing outside the prefix is read or written.
 pip (`--no-index --require-hashes`) is the fallback when the bundle has no usable uv.
 
-Bytecode is compiled at install time and recorded in the receipt: Python then has no
-reason to write `__pycache__` later, and the audit can treat any new file as unexplained.
+Bytecode is not compiled at install time: Python writes it on first import, and the audit
+checks every `.pyc` against a fresh compile of its verified source (appliance.install.audit).
 """
 
 from __future__ import annotations
@@ -177,7 +177,6 @@ def build_venv(
             *find_links,
             "--require-hashes",
             "--no-build",
-            "--compile-bytecode",
             "--python",
             str(venv / "bin" / "python"),
             "-r",
@@ -202,6 +201,7 @@ def build_venv(
             "--only-binary",
             ":all:",
             "--no-cache-dir",
+            "--no-compile",
             "-r",
             str(req),
         ]
