@@ -9,6 +9,7 @@ import typer
 
 from appliance.cli.app import JsonOpt, PrefixOpt, app, emit_json, err, layout, out
 from appliance.errors import UsageError
+from appliance.install import errors as _install_errors  # noqa: F401  (codes 30-39 in `enclave exit-codes`)
 
 
 def _say(msg: str) -> None:
