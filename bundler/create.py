@@ -10,6 +10,7 @@ for are swept away before bundle.json is written, so the tree never holds strays
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import os
 import platform
@@ -111,12 +112,31 @@ def _python(m: LoadedManifest, tree: Path, staging: Path, reporter: Reporter, wo
     py = m.spec.python
     assert py is not None
     lock = m.resolve(py.lock) if py.lock is not None else None
+    find_links = [m.find_link(loc) for loc in py.find_links]
     locks, lock_files = resolve_python(
-        py.requirements, lock, py.enclave, m.spec.target, tree, reporter, indexes=py.indexes
+        py.requirements,
+        lock,
+        py.enclave,
+        m.spec.target,
+        tree,
+        reporter,
+        indexes=py.indexes,
+        find_links=find_links,
     )
     out = Fetched(files=list(lock_files))
     if locks:
-        out.merge(download_wheels(locks, m.spec.target, tree, reporter, workers, indexes=py.indexes))
+        out.merge(
+            download_wheels(
+                locks,
+                m.spec.target,
+                tree,
+                reporter,
+                workers,
+                indexes=py.indexes,
+                find_links=find_links,
+                staging=staging / "sdist",
+            )
+        )
     if py.enclave:
         out.merge(build_enclave_wheel(tree, staging, reporter))
     return out
@@ -205,7 +225,7 @@ def _build(
         task = reporter.task(f"hashing {len(unhashed)} files", total=None)
         for rel, (sha, size) in hash_files(tree, unhashed, workers=workers, progress=task.bytes).items():
             e = produced[rel]
-            produced[rel] = Produced(e.path, e.kind, e.source, sha, size)
+            produced[rel] = dataclasses.replace(e, sha256=sha, size=size)
         task.finish()
 
     created = utcnow()

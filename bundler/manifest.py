@@ -9,6 +9,7 @@ officer fixes YAML by reading that line, not a pydantic dump.
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -113,6 +114,12 @@ def _index_url(v: str) -> str:
     return v
 
 
+def _find_link(v: str) -> str:
+    if not v.strip() or ("://" in v and not re.match(r"^https?://[^/\s]+", v)):
+        raise ValueError(f"{v!r} is not a directory or an http(s) URL")
+    return v
+
+
 class PythonSpec(_Strict):
     """What goes into wheels/: requirements resolved for the target, or a lock with hashes."""
 
@@ -122,6 +129,9 @@ class PythonSpec(_Strict):
     """Ship the enclave-kit wheel (built from this tree) and its runtime dependencies."""
     indexes: list[Annotated[str, AfterValidator(_index_url)]] = []
     """Extra package indexes, searched before the default one (e.g. CUDA-specific torch builds)."""
+    find_links: list[Annotated[str, AfterValidator(_find_link)]] = []
+    """Directories (relative to the manifest) or http(s) pages of distributions, searched too:
+    a CPU or site build of torch that no index serves, an internal project's sdist."""
 
     @model_validator(mode="after")
     def _one_of(self) -> PythonSpec:
@@ -264,6 +274,14 @@ class LoadedManifest:
         p = Path(rel).expanduser()
         return p if p.is_absolute() else (self.base / p)
 
+    def find_link(self, loc: str) -> str:
+        """A `python.find_links` entry as pip and uv take it: a URL as is, a path made absolute.
+
+        `$VAR` is expanded, so a shared manifest can name a machine's local wheel directory
+        (a CPU build of torch) without writing that machine's path into it."""
+        loc = os.path.expandvars(loc)
+        return loc if "://" in loc else str(self.resolve(loc).absolute())
+
 
 def _loc(loc: tuple[Any, ...]) -> str:
     out = ""
@@ -330,6 +348,14 @@ def _check_local_paths(m: LoadedManifest) -> None:
             raise ManifestError(
                 f"{m.path}: models[{i}].path: {model.path!r} is not a directory", path=str(m.path)
             )
+    for i, loc in enumerate(m.spec.python.find_links if m.spec.python else []):
+        where = f"{m.path}: python.find_links[{i}]"
+        unset = [v for v in re.findall(r"\$\{?(\w+)", loc) if v not in os.environ]
+        if unset:
+            raise ManifestError(f"{where}: {loc!r} uses ${unset[0]}, which is not set", path=str(m.path))
+        full = m.find_link(loc)
+        if "://" not in full and not Path(full).is_dir():
+            raise ManifestError(f"{where}: {loc!r} is not a directory ({full})", path=str(m.path))
     if m.spec.python and m.spec.python.lock is not None:
         lock = m.resolve(m.spec.python.lock)
         if not lock.is_file():

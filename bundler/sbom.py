@@ -3,7 +3,9 @@
 A security team feeds it to its own scanners (vulnerabilities by purl, licences), so it
 names every wheel (`pkg:pypi/NAME@VER`), hub model (`pkg:huggingface/ORG/NAME@REVISION`,
 each file nested with its sha256), deb (`pkg:deb/debian/NAME@VER?arch=ARCH`) and extra
-file, with the same sha256 that bundle.json pins.
+file, with the same sha256 that bundle.json pins. A wheel built here from a source-only
+project carries the sdist's sha256 (what upstream published) and the property
+`enclave:built-from-sdist`; the wheel's own hash is in `enclave:wheel-sha256`.
 """
 
 from __future__ import annotations
@@ -42,6 +44,14 @@ def build_sbom(
     components: list[Component] = []
     for w in sorted(wheels, key=lambda w: w.name):
         purl = PackageURL(type="pypi", name=w.name, version=w.version)
+        props = [Property(name="enclave:path", value=w.path)]
+        sdist = by_path[w.path].built_from if w.path in by_path else None
+        if sdist:
+            # Scanners match the upstream artifact: the sdist PyPI published, not our build of it.
+            props += [
+                Property(name="enclave:built-from-sdist", value=sdist),
+                *[Property(name="enclave:wheel-sha256", value=h.content) for h in hashes(w.path)],
+            ]
         components.append(
             Component(
                 type=ComponentType.LIBRARY,
@@ -49,8 +59,8 @@ def build_sbom(
                 version=w.version,
                 purl=purl,
                 bom_ref=purl.to_string(),
-                hashes=hashes(w.path),
-                properties=[Property(name="enclave:path", value=w.path)],
+                hashes=[HashType(alg=HashAlgorithm.SHA_256, content=sdist)] if sdist else hashes(w.path),
+                properties=props,
             )
         )
     for f in files:

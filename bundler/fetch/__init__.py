@@ -22,6 +22,8 @@ class Produced:
     source: str | None = None
     sha256: str | None = None
     size: int | None = None
+    built_from: str | None = None
+    """sha256 of the sdist a wheel was built from here (the SBOM names that, not the wheel)."""
 
 
 @dataclass

@@ -6,6 +6,8 @@ build machine, so an aarch64 or CUDA host would get the wrong dependency set). T
 download uses `pip download --only-binary=:all: --platform --require-hashes` with the
 lock, so every wheel is checked against a hash before it lands; the host then installs
 binary-only with `--no-index --require-hashes`, needing no compiler or network.
+A pin with no wheel for the target is built from its hash-checked sdist here
+(bundler.fetch.sdist), and only if the result is pure Python.
 
 Layout: wheels/requirements.lock (what the manifest asked for, pinned with hashes),
 appliance/enclave_kit-*.whl and appliance/requirements.lock (the installer's own runtime
@@ -34,6 +36,7 @@ from appliance.bundle.format import APPLIANCE_DIR, WHEELS_DIR, FileKind, Package
 from appliance.errors import FetchError
 from appliance.fsutil import atomic_write_text, sha256_file
 from bundler.fetch import Fetched, Produced
+from bundler.fetch.sdist import BuiltWheel, build_from_source, pin_of
 from bundler.manifest import lock_pins
 from bundler.progress import Reporter
 
@@ -94,9 +97,30 @@ def compile_lock(
     *,
     constraints: list[str] | None = None,
     indexes: list[str] | None = None,
+    find_links: list[str] | None = None,
     what: str,
 ) -> None:
-    """Resolve `requirements` for the target into a hashed lock at `out`."""
+    """Resolve `requirements` for the target into a hashed lock at `out`.
+
+    Wheels only first, so a release with a wheel for the target wins over a newer one that
+    ships only as source; only if that cannot resolve are sdists allowed (built later)."""
+    try:
+        _compile(requirements, target, out, constraints, indexes, find_links, what, binary_only=True)
+    except FetchError:
+        _compile(requirements, target, out, constraints, indexes, find_links, what, binary_only=False)
+
+
+def _compile(
+    requirements: list[str],
+    target: TargetPlatform,
+    out: Path,
+    constraints: list[str] | None,
+    indexes: list[str] | None,
+    find_links: list[str] | None,
+    what: str,
+    *,
+    binary_only: bool,
+) -> None:
     with tempfile.TemporaryDirectory(prefix="enclave-resolve-") as tmp:
         req_file = Path(tmp) / "requirements.in"
         req_file.write_text("\n".join(requirements) + "\n")
@@ -110,8 +134,7 @@ def compile_lock(
             "--python-version",
             target.python,
             "--generate-hashes",
-            "--only-binary",
-            ":all:",
+            *(["--only-binary", ":all:"] if binary_only else []),
             "--no-header",
             "--no-annotate",
             "--quiet",
@@ -120,6 +143,8 @@ def compile_lock(
         ]
         for url in indexes or []:
             cmd += ["--extra-index-url", url]
+        for loc in find_links or []:
+            cmd += ["--find-links", loc]
         if constraints:
             c_file = Path(tmp) / "constraints.txt"
             c_file.write_text("\n".join(constraints) + "\n")
@@ -137,9 +162,47 @@ def _logical_lines(lock: Path) -> list[str]:
     return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
 
 
+NO_DISTRIBUTION_RE = re.compile(r"No matching distribution found for (\S+)")
+
+
 def _pip_download(
-    lines: list[str], target: TargetPlatform, dest: Path, on_saved, what: str, indexes: list[str]
-) -> None:
+    lines: list[str],
+    target: TargetPlatform,
+    dest: Path,
+    on_saved,
+    what: str,
+    indexes: list[str],
+    find_links: list[str],
+) -> list[str]:
+    """Download the lines' wheels; returns the lines with no wheel for the target.
+
+    pip stops at the first requirement it finds no wheel for and saves nothing, so that
+    line is set aside for a build from source and pip runs again on the rest."""
+    remaining, source_only = list(lines), []
+    while remaining:
+        rc, output = _pip_download_once(remaining, target, dest, on_saved, indexes, find_links)
+        if rc == 0:
+            break
+        m = NO_DISTRIBUTION_RE.search(output)
+        missing = canonicalize_name(Requirement(m.group(1)).name) if m else None
+        line = next((ln for ln in remaining if missing and pin_of(ln)[0] == missing), None)
+        if line is None:
+            raise FetchError(
+                f"{what}: pip download for {target.arch} py{target.python} failed: {_tail(output)}"
+            )
+        remaining.remove(line)
+        source_only.append(line)
+    return source_only
+
+
+def _pip_download_once(
+    lines: list[str],
+    target: TargetPlatform,
+    dest: Path,
+    on_saved,
+    indexes: list[str],
+    find_links: list[str],
+) -> tuple[int, str]:
     with tempfile.NamedTemporaryFile("w", suffix=".lock", delete=False) as fh:
         fh.write("\n".join(lines) + "\n")
         chunk = fh.name
@@ -167,6 +230,8 @@ def _pip_download(
         cmd += ["--platform", tag]
     for url in indexes:
         cmd += ["--extra-index-url", url]
+    for loc in find_links:
+        cmd += ["--find-links", loc]
     env = dict(os.environ, PIP_NO_INPUT="1")
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -181,10 +246,7 @@ def _pip_download(
         rc = proc.wait()
     finally:
         os.unlink(chunk)
-    if rc != 0:
-        raise FetchError(
-            f"{what}: pip download for {target.arch} py{target.python} failed: {_tail(''.join(output))}"
-        )
+    return rc, "".join(output)
 
 
 def download_wheels(
@@ -194,8 +256,11 @@ def download_wheels(
     reporter: Reporter,
     workers: int = 4,
     indexes: list[str] | None = None,
+    find_links: list[str] | None = None,
+    staging: Path | None = None,
 ) -> Fetched:
-    """Every requirement of the locks as a wheel in wheels/, hash-checked by pip; several pips in parallel."""
+    """Every requirement of the locks as a wheel in wheels/, hash-checked by pip; several pips in
+    parallel. A pin with no wheel for the target is built from its sdist (pure Python only)."""
     dest = tree / WHEELS_DIR
     dest.mkdir(parents=True, exist_ok=True)
     seen: dict[str, str] = {}
@@ -221,11 +286,26 @@ def download_wheels(
 
     n = max(1, min(workers, len(todo)))
     chunks = [todo[i::n] for i in range(n)]
+    source_only: list[str] = []
     with ThreadPoolExecutor(max_workers=n, thread_name_prefix="pip") as pool:
         for f in [
-            pool.submit(_pip_download, c, target, dest, saved, "python", indexes or []) for c in chunks if c
+            pool.submit(_pip_download, c, target, dest, saved, "python", indexes or [], find_links or [])
+            for c in chunks
+            if c
         ]:
-            f.result()
+            source_only += f.result()
+    built: dict[str, BuiltWheel] = {}
+    if source_only:
+        names = ", ".join(sorted(pin_of(ln)[0] for ln in source_only))
+        reporter.line(f"python: no wheel for {target.arch} py{target.python}, building from sdist: {names}")
+        if staging is not None:
+            staging.mkdir(parents=True, exist_ok=True)
+        for b in build_from_source(
+            sorted(source_only), target, accepted, dest, staging, indexes or [], find_links or []
+        ):
+            built[b.name] = b
+            counts[True] += 1
+            task.advance()
     out = Fetched(fetched=counts[True], reused=counts[False])
     wanted = {
         canonicalize_name(Requirement(ln.split("--hash", 1)[0].strip().rstrip(";").strip()).name): ln
@@ -239,8 +319,14 @@ def download_wheels(
             out.wheels.append(
                 PackageRef(name=str(name), version=str(version), path=f"{WHEELS_DIR}/{whl.name}")
             )
+            b = built.get(str(name))
             out.files.append(
-                Produced(f"{WHEELS_DIR}/{whl.name}", FileKind.wheel, f"pkg:pypi/{name}@{version}")
+                Produced(
+                    f"{WHEELS_DIR}/{whl.name}",
+                    FileKind.wheel,
+                    b.source if b else f"pkg:pypi/{name}@{version}",
+                    built_from=b.sdist_sha256 if b else None,
+                )
             )
     missing = sorted(set(wanted) - set(have))
     if missing:
@@ -382,6 +468,7 @@ def resolve_python(
     tree: Path,
     reporter: Reporter,
     indexes: list[str] | None = None,
+    find_links: list[str] | None = None,
 ) -> tuple[list[Path], list[Produced]]:
     """Write the locks into the tree; returns the locks to download and their entries."""
     locks: list[Path] = []
@@ -392,7 +479,14 @@ def resolve_python(
         atomic_write_text(user_lock, lock.read_text())
         check_cuda(target, user_lock, "python.lock")
     elif requirements:
-        compile_lock(requirements, target, user_lock, indexes=indexes, what="python.requirements")
+        compile_lock(
+            requirements,
+            target,
+            user_lock,
+            indexes=indexes,
+            find_links=find_links,
+            what="python.requirements",
+        )
         check_cuda(target, user_lock, "python.requirements")
     if user_lock.exists() and (lock is not None or requirements):
         locks.append(user_lock)
@@ -407,6 +501,7 @@ def resolve_python(
             app_lock,
             constraints=pins,
             indexes=indexes,
+            find_links=find_links,
             what="python.enclave",
         )
         locks.append(app_lock)
