@@ -5,11 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
+from click.core import ParameterSource
 
 from appliance.cli.app import JsonOpt, PrefixOpt, app, emit_json, err, layout, out
 from appliance.errors import UsageError
 from appliance.install import errors as _install_errors  # noqa: F401  (codes 30-39 in `enclave exit-codes`)
+
+
+def _given(param: str) -> bool:
+    """Whether the user set PARAM (flag or environment), not its default: with --inventory a
+    given --prefix overrides every host's `enclave_prefix`, a default one does not."""
+    source = click.get_current_context().get_parameter_source(param)
+    return source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
 
 
 def _say(msg: str) -> None:
@@ -50,7 +59,7 @@ def install_cmd(
             inventory,
             bundle,
             trust,
-            prefix=prefix if prefix != Path("/opt/enclave") else None,
+            prefix=prefix if _given("prefix") else None,
             allow_downgrade=allow_downgrade,
             force=force,
             with_os_packages=with_os_packages,
