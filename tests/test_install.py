@@ -108,6 +108,12 @@ def test_nothing_installed_is_one_clear_error(tmp_path):
     assert proc.returncode == 31 and "nothing is installed" in proc.stderr
 
 
+def test_a_prefix_that_is_a_file_is_one_line(make_install_bundle, install_parts, tmp_path):
+    (tmp_path / "prefix").write_text("not a directory\n")
+    proc = install(make_install_bundle("1.0.0"), tmp_path / "prefix", install_parts["pub"])
+    assert "prefix: install failed: File exists" in one_error_line(proc, 30)
+
+
 def test_status_json(installed_v1):
     proc = subprocess.run(
         [*ENCLAVE, "status", "--json", "--prefix", str(installed_v1)], capture_output=True, text=True

@@ -11,7 +11,7 @@ from click.core import ParameterSource
 
 from appliance.cli.app import JsonOpt, PrefixOpt, app, emit_json, err, layout, out
 from appliance.errors import UsageError
-from appliance.install import errors as _install_errors  # noqa: F401  (codes 30-39 in `enclave exit-codes`)
+from appliance.install.errors import os_errors  # (also registers codes 30-39 for `enclave exit-codes`)
 
 
 def _given(param: str) -> bool:
@@ -55,16 +55,17 @@ def install_cmd(
     if inventory is not None:
         from appliance.install.hosts import install_on_hosts
 
-        summary = install_on_hosts(
-            inventory,
-            bundle,
-            trust,
-            prefix=prefix if _given("prefix") else None,
-            allow_downgrade=allow_downgrade,
-            force=force,
-            with_os_packages=with_os_packages,
-            progress=_say,
-        )
+        with os_errors("install --inventory"):
+            summary = install_on_hosts(
+                inventory,
+                bundle,
+                trust,
+                prefix=prefix if _given("prefix") else None,
+                allow_downgrade=allow_downgrade,
+                force=force,
+                with_os_packages=with_os_packages,
+                progress=_say,
+            )
         if as_json:
             emit_json(summary.as_dict())
         else:
@@ -76,15 +77,16 @@ def install_cmd(
 
     from appliance.install.install import install
 
-    result = install(
-        bundle,
-        trust,
-        layout(prefix),
-        allow_downgrade=allow_downgrade,
-        force=force,
-        with_os_packages=with_os_packages,
-        progress=_say,
-    )
+    with os_errors("install"):
+        result = install(
+            bundle,
+            trust,
+            layout(prefix),
+            allow_downgrade=allow_downgrade,
+            force=force,
+            with_os_packages=with_os_packages,
+            progress=_say,
+        )
     if as_json:
         emit_json(result.as_dict())
     elif result.noop:
@@ -132,7 +134,8 @@ def rollback_cmd(
     """Switch `current` back to the previous release (one symlink rename)."""
     from appliance.install.manage import rollback
 
-    was, now = rollback(layout(prefix), to)
+    with os_errors("rollback"):
+        was, now = rollback(layout(prefix), to)
     out.print(f"current -> {now} (was {was})")
 
 
@@ -144,7 +147,8 @@ def uninstall_cmd(
     """Remove a release that is not current, and the models only it used."""
     from appliance.install.manage import uninstall
 
-    freed = uninstall(layout(prefix), name)
+    with os_errors("uninstall"):
+        freed = uninstall(layout(prefix), name)
     extra = f"; freed models: {', '.join(freed)}" if freed else ""
     out.print(f"removed {name}{extra}")
 
@@ -161,7 +165,8 @@ def audit_cmd(
     from appliance.install.audit import audit
     from appliance.install.errors import AuditFailed
 
-    report = audit(layout(prefix), release)
+    with os_errors("audit"):
+        report = audit(layout(prefix), release)
     if as_json:
         emit_json(report.as_dict())
     else:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from appliance.errors import EnclaveError
 
 
@@ -53,3 +56,13 @@ class HostsFailed(InstallError):
 class ModelNotFound(InstallError):
     exit_code = 39
     summary = "the model is not in the installed release's store"
+
+
+@contextlib.contextmanager
+def os_errors(what: str) -> Iterator[None]:
+    """An OSError (a prefix that is a file, a read-only disk, a full disk mid-way) as one line."""
+    try:
+        yield
+    except OSError as exc:
+        where = exc.filename or "the prefix"
+        raise InstallError(f"{where}: {what} failed: {exc.strerror or exc}") from None
