@@ -75,9 +75,10 @@ def install_cmd(
         summary.raise_for_failures()
         return
 
+    from appliance.cli.verify import byte_progress
     from appliance.install.install import install
 
-    with os_errors("install"):
+    with os_errors("install"), byte_progress("verifying", quiet=as_json) as bar:
         result = install(
             bundle,
             trust,
@@ -86,6 +87,7 @@ def install_cmd(
             force=force,
             with_os_packages=with_os_packages,
             progress=_say,
+            verify_progress=bar,
         )
     if as_json:
         emit_json(result.as_dict())

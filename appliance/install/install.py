@@ -162,6 +162,7 @@ def install(
     force: bool = False,
     with_os_packages: bool = False,
     progress: Progress | None = None,
+    verify_progress: Callable[[int, int], None] | None = None,
 ) -> InstallResult:
     say = progress or (lambda _msg: None)
     bundle = Path(bundle)
@@ -174,7 +175,7 @@ def install(
         work = layout.releases / f"{STAGING_PREFIX}work.{tag}"
         try:
             say(f"verifying {bundle}")
-            verified = verify_for_install(bundle, trusted_keys, work / "bundle", layout)
+            verified = verify_for_install(bundle, trusted_keys, work / "bundle", layout, verify_progress)
             kill_point("verified")
             return _install_verified(
                 verified,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from appliance.bundle import verify as bundle_verify
 from appliance.bundle.format import BundleManifest
+from appliance.bundle.tree import Progress
 from appliance.install import diskspace
 from appliance.paths import Layout
 
@@ -27,12 +28,12 @@ class VerifiedBundle:
 
 
 def verify_for_install(
-    bundle: Path, trusted_keys: list[Path], staging: Path, layout: Layout
+    bundle: Path, trusted_keys: list[Path], staging: Path, layout: Layout, progress: Progress | None = None
 ) -> VerifiedBundle:
     if not bundle.is_dir():
         parts = bundle_verify.resolve_parts([bundle])
         diskspace.check(layout.prefix, sum(p.stat().st_size for p in parts), f"unpacking {bundle.name}")
-    bundle_dir, report = bundle_verify.verified_bundle_dir(bundle, trusted_keys, staging)
+    bundle_dir, report = bundle_verify.verified_bundle_dir(bundle, trusted_keys, staging, progress=progress)
     return VerifiedBundle(
         bundle_dir=Path(bundle_dir),
         manifest=report.manifest,
