@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,8 @@ class Metrics:
         for rec in parse_line(line):
             kind = "train" if "loss" in rec else "eval" if "eval_loss" in rec else "summary"
             n = sum(1 for r in self.records if r["kind"] == kind)
-            self.records.append({"kind": kind, "index": n + 1, **rec})
+            # Wall-clock time of the line: throughput from our own clock, not the trainer's.
+            self.records.append({"kind": kind, "index": n + 1, "time": time.time(), **rec})
 
     def curve(self, kind: str = "train", key: str = "loss") -> list[tuple[int, float]]:
         return [

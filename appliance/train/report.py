@@ -22,8 +22,10 @@ def loss_png(metrics: Metrics) -> bytes | None:
     evals = metrics.curve("eval", "eval_loss")
     if not train and not evals:
         return None
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:  # an appliance without the train extra: the record keeps the numbers
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import glob
 import json
 import os
 import re
@@ -78,28 +77,27 @@ class TrainerEnv:
     def python(self) -> Path:
         return self.bin / "python"
 
-    def site_packages(self) -> list[str]:
-        return sorted(glob.glob(str(self.venv / "lib" / "python*" / "site-packages")))
-
-    def has_axolotl(self) -> bool:
-        return any((Path(sp) / "axolotl" / "__init__.py").is_file() for sp in self.site_packages())
-
-    def frameworks(self) -> dict[str, str]:
-        from importlib.metadata import distributions
-
-        found: dict[str, str] = {}
-        for dist in distributions(path=self.site_packages()):
-            name = (dist.metadata["Name"] or "").lower()
-            if name in FRAMEWORKS and name not in found:
-                found[name] = dist.version
-        m = re.search(r"python(\d+\.\d+)", " ".join(self.site_packages()))
-        if m:
-            found["python"] = m.group(1)
-        return dict(sorted(found.items()))
+    def probe(self) -> dict[str, Any]:
+        """Ask the venv's own Python (its sys.path decides: system site, .pth files, PYTHONPATH)."""
+        code = (
+            "import importlib.metadata as m, importlib.util as u, json, sys\n"
+            "v = {}\n"
+            f"for n in {FRAMEWORKS!r}:\n"
+            "    try: v[n] = m.version(n)\n"
+            "    except m.PackageNotFoundError: pass\n"
+            "v['python'] = '%d.%d.%d' % sys.version_info[:3]\n"
+            "print(json.dumps({'axolotl': u.find_spec('axolotl') is not None, 'versions': v}))\n"
+        )
+        try:
+            proc = subprocess.run([str(self.python), "-c", code], capture_output=True, text=True, timeout=120)
+            return json.loads(proc.stdout.strip().splitlines()[-1])
+        except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+            return {"axolotl": False, "versions": {}}
 
 
-def trainer_env(layout: Layout) -> TrainerEnv:
-    """The venv axolotl runs from: the current release's, unless ENCLAVE_TRAINER_VENV names one."""
+def trainer_env(layout: Layout) -> tuple[TrainerEnv, dict[str, str]]:
+    """The venv axolotl runs from (the current release's, unless ENCLAVE_TRAINER_VENV names one)
+    and the framework versions in it, for the adapter's provenance."""
     override = os.environ.get(TRAINER_VENV_ENV)
     if override:
         env = TrainerEnv(Path(override).absolute(), f"{TRAINER_VENV_ENV}={override}")
@@ -113,9 +111,10 @@ def trainer_env(layout: Layout) -> TrainerEnv:
         env = TrainerEnv(rel.venv, f"release {rel.release_name}")
     if not env.python.exists():
         raise TrainerUnavailable(f"{env.venv}: not a venv (no bin/python) [{env.origin}]")
-    if not env.has_axolotl():
+    info = env.probe()
+    if not info["axolotl"]:
         raise TrainerUnavailable(f"{env.venv}: axolotl is not installed in it [{env.origin}]")
-    return env
+    return env, dict(sorted(info["versions"].items()))
 
 
 @dataclass(frozen=True)
@@ -274,7 +273,7 @@ def train(
     from appliance.adapters.registry import parse_ref
 
     parse_ref(name)
-    env = trainer_env(layout)
+    env, frameworks = trainer_env(layout)
     iso = network_isolation()
     # The key is loaded before hours of training, not after: a run that cannot be sealed
     # would only produce plaintext to throw away.
@@ -291,7 +290,6 @@ def train(
     from appliance.fsutil import atomic_write_text
 
     atomic_write_text(config_path, config_text, 0o600)
-    frameworks = env.frameworks()
     cmd = [*iso.argv, *trainer_command(env, config_path, gpus)]
     started = st.now()
     provenance: dict[str, Any] = {
