@@ -22,8 +22,10 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -124,8 +126,9 @@ class Isolation:
 
 
 def _interfaces() -> list[str]:
+    """Interfaces of this process's network namespace (/sys/class/net shows the mounter's)."""
     try:
-        return sorted(os.listdir("/sys/class/net"))
+        return sorted(name for _, name in socket.if_nameindex())
     except OSError:
         return []
 
@@ -183,11 +186,30 @@ def trainer_command(env: TrainerEnv, config: Path, gpus: int) -> list[str]:
     return [str(env.python), "-m", "axolotl.cli.train", str(config)]
 
 
-def trainer_environ(env: TrainerEnv, run_dir: Path) -> dict[str, str]:
-    """The offline switches, and every cache or temp dir axolotl touches inside the run."""
-    hf = run_dir / "hf"
+# multiprocessing (datasets' num_proc) binds Unix sockets under TMPDIR, and a socket path
+# may hold at most 107 bytes: a run directory deeper than this gets a short link to its tmp.
+TMPDIR_MAX = 60
+
+
+def run_tmpdir(run_dir: Path, state: dict) -> Path:
+    """The trainer's TMPDIR: inside the run, reached through a short link when the path is long.
+
+    The link (in the system temp dir) holds nothing itself; it is recorded in the state file
+    so that cleanup and the sweeper remove it with the run's plaintext.
+    """
     tmp = run_dir / "tmp"
     tmp.mkdir(mode=0o700, exist_ok=True)
+    if len(str(tmp)) <= TMPDIR_MAX:
+        return tmp
+    link = Path(tempfile.gettempdir()) / f"enclave-run-{secrets.token_hex(4)}"
+    st.write_state(run_dir, state, tmp_link=str(link))
+    os.symlink(tmp, link)
+    return link
+
+
+def trainer_environ(env: TrainerEnv, run_dir: Path, tmp: Path) -> dict[str, str]:
+    """The offline switches, and every cache or temp dir axolotl touches inside the run."""
+    hf = run_dir / "hf"
     return offline_environ(
         HF_HOME=str(hf),
         HF_DATASETS_CACHE=str(hf / "datasets"),
@@ -328,7 +350,7 @@ def train(
         proc = subprocess.Popen(
             cmd,
             cwd=run_dir,
-            env=trainer_environ(env, run_dir),
+            env=trainer_environ(env, run_dir, run_tmpdir(run_dir, state)),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

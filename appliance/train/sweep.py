@@ -46,6 +46,7 @@ def remove_plaintext(run_dir: Path) -> list[str]:
     next sweep (a `.trash-` entry is not part of the record either).
     """
     removed = []
+    _drop_tmp_link(run_dir)
     for p in plaintext_entries(run_dir):
         target = p
         if not p.name.startswith(TRASH):
@@ -67,6 +68,17 @@ def remove_plaintext(run_dir: Path) -> list[str]:
 
             fsync_dir(run_dir)
     return removed
+
+
+def _drop_tmp_link(run_dir: Path) -> None:
+    """The short link to the run's tmp (runner.run_tmpdir), if the state names one into this run."""
+    state = st.read_state(run_dir) or {}
+    link = state.get("tmp_link")
+    if not link or not os.path.islink(link):
+        return
+    if Path(os.readlink(link)).resolve().parent == run_dir.resolve():
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(link)
 
 
 def _kill_trainer(state: dict) -> bool:

@@ -1,0 +1,352 @@
+"""`enclave train` for real: axolotl on the tiny Llama inside `unshare -n`, an encrypted,
+registered adapter, the run record, DPO, failures, and crashes at several points.
+
+Each run is a real axolotl subprocess from the dev venv (ENCLAVE_TRAINER_VENV), on CPU, a
+few steps; a crash is a real SIGKILL, either from outside (during training) or through the
+runner's fault-injection switch (ENCLAVE_TRAIN_CRASH_AT) right after a phase is recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ENCLAVE, MODEL_REV, run_enclave, run_offline, unshare_net_available
+from train_support import MODEL, RECIPES, enclave_prefix, train_env
+
+from appliance.data.store import resolve_dataset
+from appliance.paths import Layout
+from appliance.train import state as st
+from appliance.train.sweep import sweep
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not unshare_net_available(), reason="unshare -n unavailable: the trainer refuses to run"
+    ),
+]
+
+PLAINTEXT_GLOBS = (
+    "*.safetensors",
+    "adapter_model.*",
+    "checkpoint-*",
+    "*.arrow",
+    "debug.log",
+    "prepared",
+    "hf",
+)
+
+
+@pytest.fixture(scope="module")
+def prefix(make_install_bundle, install_parts, tmp_path_factory) -> Path:
+    return enclave_prefix(make_install_bundle, install_parts, tmp_path_factory)
+
+
+def recipe(tmp_path: Path, name: str, **changes) -> Path:
+    conf = yaml.safe_load((RECIPES / name).read_text())
+    conf.update(changes)
+    out = tmp_path / f"{Path(name).stem}.yml"
+    out.write_text(yaml.safe_dump(conf, sort_keys=False))
+    return out
+
+
+def runs(prefix: Path) -> set[Path]:
+    d = prefix / "runs"
+    return set(d.iterdir()) if d.exists() else set()
+
+
+def new_run(prefix: Path, before: set[Path]) -> Path:
+    (run_dir,) = runs(prefix) - before
+    return run_dir
+
+
+def plaintext(run_dir: Path) -> list[str]:
+    return sorted({str(p.relative_to(run_dir)) for g in PLAINTEXT_GLOBS for p in run_dir.rglob(g)})
+
+
+def adapters(prefix: Path) -> list[dict]:
+    proc = run_enclave("adapters", "list", "--prefix", str(prefix), "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def one_error_line(proc, code: int) -> str:
+    assert proc.returncode == code, f"exit {proc.returncode} (wanted {code})\n{proc.stderr[-3000:]}"
+    assert "Traceback" not in proc.stderr.split("error:")[-1]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    return lines[0]
+
+
+# --- the whole path ------------------------------------------------------------------------
+
+
+def test_tiny_recipe_trains_offline_seals_registers_and_generates(prefix, tmp_path):
+    run_yml = recipe(tmp_path, "tiny-cpu.yml")
+    source = run_yml.read_text()
+    before = runs(prefix)
+    # The whole command inside a namespace with no network; the trainer gets its own on top.
+    proc = run_offline(
+        "train", str(run_yml), "--prefix", str(prefix), "--name", "tickets-lora", env=train_env()
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "sealed tickets-lora@0.1.0" in proc.stderr
+    assert "'loss'" in proc.stderr  # axolotl's progress was streamed to the terminal
+    run_dir = new_run(prefix, before)
+
+    # Only the run record is left: no weights, checkpoints, tokenized data or caches.
+    assert {p.name for p in run_dir.iterdir()} <= st.RECORD
+    assert plaintext(run_dir) == []
+    state = json.loads((run_dir / st.STATE).read_text())
+    assert state["phase"] == "cleaned"
+    assert {"output", "prepared", "hf"} <= set(state["removed"])
+    assert run_yml.read_text() == source
+
+    # Provenance: the config as run (and its hash), the pinned model, the dataset hash.
+    config_text = (run_dir / st.CONFIG).read_text()
+    config = yaml.safe_load(config_text)
+    prov = json.loads((run_dir / st.PROVENANCE).read_text())
+    tickets = resolve_dataset(Layout.at(prefix), "tickets")
+    assert config["datasets"][0]["path"] == str(tickets.train_path)
+    assert config["output_dir"] == str(run_dir / "output")
+    assert prov["config_hash"] == hashlib.sha256(config_text.encode()).hexdigest()
+    assert prov["base_model"] == f"{MODEL}@{MODEL_REV}"
+    assert prov["datasets"][0]["sha256"] == tickets.sha256
+    assert prov["network_isolation"].startswith("unshare -n")
+    assert prov["frameworks"]["axolotl"] == "0.19.0" and "torch" in prov["frameworks"]
+
+    # The registry holds the same provenance; the file on disk is ciphertext.
+    show = run_enclave("adapters", "show", "tickets-lora@0.1.0", "--prefix", str(prefix), "--json")
+    assert show.returncode == 0, show.stderr
+    rec = json.loads(show.stdout)
+    assert rec["run_id"] == run_dir.name
+    assert rec["classification"] == "internal"
+    assert rec["dataset_hashes"] == [tickets.sha256]
+    assert (rec["base_model_id"], rec["base_revision"]) == (MODEL, MODEL_REV)
+    assert rec["config_hash"] == prov["config_hash"]
+    assert rec["train_loss"] == pytest.approx(prov["train_loss"]) and rec["train_loss"] > 0
+    blob = (prefix / "adapters" / f"{rec['ciphertext_sha256']}.enc").read_bytes()
+    assert b"peft_type" not in blob and b"lora_A" not in blob
+
+    # Metrics and the report: the loss curve as an embedded PNG, the provenance beside it.
+    metrics = [json.loads(x) for x in (run_dir / st.METRICS).read_text().splitlines()]
+    assert [m["index"] for m in metrics if m["kind"] == "train"] == [1, 2, 3]
+    report = (run_dir / st.REPORT).read_text()
+    assert "data:image/png;base64,iVBOR" in report
+    assert tickets.sha256 in report and "tickets-lora@0.1.0" in report
+
+    gen = run_enclave(
+        "generate", "Summarise ticket 3.", "--adapter", "tickets-lora@0.1.0", "--max-new-tokens", "4",
+        "--prefix", str(prefix),
+    )  # fmt: skip
+    assert gen.returncode == 0, gen.stderr[-3000:]
+
+
+def test_dpo_few_steps(prefix, tmp_path):
+    before = runs(prefix)
+    proc = run_enclave(
+        "train", str(recipe(tmp_path, "dpo-tiny-cpu.yml")), "--prefix", str(prefix), "--name", "prefs-dpo",
+        env=train_env(),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_dir = new_run(prefix, before)
+    assert plaintext(run_dir) == []
+    prov = json.loads((run_dir / st.PROVENANCE).read_text())
+    assert prov["rl"] == "dpo" and prov["datasets"][0]["name"] == "prefs"
+    metrics = [json.loads(x) for x in (run_dir / st.METRICS).read_text().splitlines()]
+    assert any("rewards/margins" in m for m in metrics)
+    assert any(a["name"] == "prefs-dpo" and a["run_id"] == run_dir.name for a in adapters(prefix))
+
+
+# --- failures: one line, a record, no plaintext ------------------------------------------
+
+
+def test_a_failing_trainer_is_one_line_and_leaves_only_the_record(prefix, tmp_path):
+    before = runs(prefix)
+    # Passes policy; axolotl itself refuses it (every row is longer than the sequence).
+    run_yml = recipe(tmp_path, "tiny-cpu.yml", sequence_len=16)
+    proc = run_enclave("train", str(run_yml), "--prefix", str(prefix), "--name", "broken", env=train_env())
+    line = one_error_line(proc, 54)
+    assert "axolotl exited with 1" in line and str(run_yml) in line
+    run_dir = new_run(prefix, before)
+    assert json.loads((run_dir / st.STATE).read_text())["phase"] == "failed"
+    assert plaintext(run_dir) == [] and {p.name for p in run_dir.iterdir()} <= st.RECORD
+    assert not [a for a in adapters(prefix) if a["name"] == "broken"]
+
+
+def test_no_trainer_venv_is_refused_before_any_run(prefix, tmp_path):
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to("/usr/bin/python3")
+    before = runs(prefix)
+    proc = run_enclave(
+        "train", str(recipe(tmp_path, "tiny-cpu.yml")), "--prefix", str(prefix),
+        env={"ENCLAVE_TRAINER_VENV": str(venv)},
+    )  # fmt: skip
+    assert "axolotl is not installed" in one_error_line(proc, 52)
+    assert runs(prefix) == before
+
+
+# --- crashes: killed at several points, swept, nothing plaintext left -------------------
+
+
+def test_killed_during_training(prefix, tmp_path):
+    run_yml = recipe(tmp_path, "tiny-cpu.yml", max_steps=500, save_strategy="steps", save_steps=1)
+    before = runs(prefix)
+    env = {**os.environ, **train_env(), "COLUMNS": "200"}
+    cmd = [*ENCLAVE, "train", str(run_yml), "--prefix", str(prefix), "--name", "killed"]
+    owner = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        run_dir = None
+        while time.monotonic() < deadline:
+            new = runs(prefix) - before
+            if new:
+                run_dir = next(iter(new))
+                if list((run_dir / "output").glob("checkpoint-*/adapter_model.safetensors")):
+                    break
+            assert owner.poll() is None, "enclave train ended before a checkpoint was written"
+            time.sleep(0.2)
+        else:
+            pytest.fail("no checkpoint appeared")
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+    state = json.loads((run_dir / st.STATE).read_text())
+    assert state["phase"] == "training"
+    # The kernel takes the trainer with its owner (PR_SET_PDEATHSIG).
+    deadline = time.monotonic() + 20
+    while st.alive(state["trainer_pgid"], state["trainer_start"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not st.alive(state["trainer_pgid"], state["trainer_start"])
+    assert plaintext(run_dir), "the test must see the plaintext a crash leaves"
+
+    done = {s.run_id: s for s in sweep(Layout.at(prefix))}
+    assert run_dir.name in done
+    assert plaintext(run_dir) == [] and {p.name for p in run_dir.iterdir()} <= st.RECORD
+    assert json.loads((run_dir / st.STATE).read_text())["phase"] == "crashed"
+    assert not [a for a in adapters(prefix) if a["name"] == "killed"]
+
+
+def crash_at(prefix: Path, tmp_path: Path, phase: str, name: str) -> Path:
+    before = runs(prefix)
+    proc = run_enclave(
+        "train", str(recipe(tmp_path, "tiny-cpu.yml", max_steps=2)), "--prefix", str(prefix), "--name", name,
+        env=train_env(ENCLAVE_TRAIN_CRASH_AT=phase),
+    )  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    run_dir = new_run(prefix, before)
+    assert json.loads((run_dir / st.STATE).read_text())["phase"] == phase
+    assert list((run_dir / "output").glob("adapter_model.safetensors")), "plaintext must be there to sweep"
+    return run_dir
+
+
+def test_crash_after_training_before_sealing(prefix, tmp_path):
+    run_dir = crash_at(prefix, tmp_path, "trained", "crash-trained")
+    # The next `enclave train` sweeps first, even one that policy then refuses.
+    bad = recipe(tmp_path, "tiny-cpu.yml", hub_model_id="acme/x")
+    proc = run_enclave("train", str(bad), "--prefix", str(prefix), env=train_env())
+    assert "hub_model_id" in one_error_line(proc, 51)
+    assert plaintext(run_dir) == [] and {p.name for p in run_dir.iterdir()} <= st.RECORD
+    state = json.loads((run_dir / st.STATE).read_text())
+    assert (state["phase"], state["crashed_in"]) == ("crashed", "trained")
+    assert not [a for a in adapters(prefix) if a["name"] == "crash-trained"]
+
+
+def test_crash_after_sealing_before_cleanup(prefix, tmp_path):
+    run_dir = crash_at(prefix, tmp_path, "sealed", "crash-sealed")
+    sealed = [a for a in adapters(prefix) if a["name"] == "crash-sealed"]
+    assert len(sealed) == 1 and sealed[0]["run_id"] == run_dir.name
+    sweep(Layout.at(prefix))
+    assert plaintext(run_dir) == [] and {p.name for p in run_dir.iterdir()} <= st.RECORD
+    assert json.loads((run_dir / st.STATE).read_text())["phase"] == "cleaned"
+    # The sealed adapter stays registered, its ciphertext in place, and still opens.
+    assert [a["version"] for a in adapters(prefix) if a["name"] == "crash-sealed"] == ["0.1.0"]
+    gen = run_enclave(
+        "generate",
+        "Hello",
+        "--adapter",
+        "crash-sealed@0.1.0",
+        "--max-new-tokens",
+        "2",
+        "--prefix",
+        str(prefix),
+    )
+    assert gen.returncode == 0, gen.stderr[-2000:]
+
+
+# --- the sweeper alone ------------------------------------------------------------------
+
+
+def _fake_run(root: Path, owner_pid: int, owner_start: int | None, phase: str = "training") -> Path:
+    run_dir = root / "runs" / f"20260101T000000Z-{owner_pid:06x}"
+    (run_dir / "output" / "checkpoint-1").mkdir(parents=True)
+    (run_dir / "output" / "checkpoint-1" / "adapter_model.safetensors").write_bytes(b"weights")
+    (run_dir / "prepared").mkdir()
+    (run_dir / st.LOG).write_text("log\n")
+    state = {"run_id": run_dir.name, "phase": phase, "owner_pid": owner_pid, "owner_start": owner_start}
+    (run_dir / st.STATE).write_text(json.dumps(state))
+    return run_dir
+
+
+def test_sweeper_leaves_live_runs_and_kills_orphaned_trainers(tmp_path):
+    live = _fake_run(tmp_path, os.getpid(), st.proc_start_time(os.getpid()))
+    assert sweep(Layout.at(tmp_path)) == []
+    assert (live / "output").exists()
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    trainer = subprocess.Popen(["sleep", "120"], start_new_session=True)
+    try:
+        run_dir = _fake_run(tmp_path, dead.pid, 1)
+        state = json.loads((run_dir / st.STATE).read_text())
+        state.update(trainer_pgid=trainer.pid, trainer_start=st.proc_start_time(trainer.pid))
+        (run_dir / st.STATE).write_text(json.dumps(state))
+        (swept,) = [s for s in sweep(Layout.at(tmp_path)) if s.run_id == run_dir.name]
+        assert swept.killed_trainer and trainer.wait(timeout=10) == -signal.SIGKILL
+        assert sorted(swept.removed) == ["output", "prepared"]
+        assert sorted(p.name for p in run_dir.iterdir()) == [st.STATE, st.LOG]
+        assert (live / "output").exists()
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+
+
+def test_network_isolation_is_detected_or_refused(tmp_path):
+    """Without `unshare` on PATH: inside a namespace with loopback only it says so; with
+    interfaces it refuses unless the operator says the host itself is cut off."""
+    code = (
+        "from appliance.train.runner import network_isolation\n"
+        "from appliance.errors import EnclaveError\n"
+        "try: print(network_isolation().how)\n"
+        "except EnclaveError as e: print('refused', e.exit_code)\n"
+    )
+    env = {**os.environ, "PATH": str(tmp_path)}
+    inside = subprocess.run(
+        [shutil.which("unshare"), "-n", sys.executable, "-c", code], env=env, capture_output=True, text=True
+    )
+    assert "loopback only" in inside.stdout, inside.stderr
+    interfaces = [n for _, n in socket.if_nameindex() if n != "lo"]
+    if not interfaces:
+        pytest.skip("this host has no network interfaces: the refusal branch cannot be reached")
+    outside = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert outside.stdout.strip() == "refused 53", outside.stderr
+    allowed = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "ENCLAVE_ALLOW_NETWORK": "1"},
+        capture_output=True,
+        text=True,
+    )
+    assert allowed.stdout.startswith("NONE: ENCLAVE_ALLOW_NETWORK=1"), allowed.stderr
