@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+import appliance.train.errors  # noqa: F401  (registers exit codes 50-55 for `enclave exit-codes`)
 from appliance.cli.app import JsonOpt, PrefixOpt, app, emit_json, err, layout
 
 

@@ -34,8 +34,3 @@ class TrainingFailed(TrainError):
 class SealFailed(TrainError):
     exit_code = 55
     summary = "the trained adapter could not be sealed; its plaintext was removed"
-
-
-class RunNotFound(TrainError):
-    exit_code = 56
-    summary = "no run with that id under PREFIX/runs"
