@@ -306,11 +306,11 @@ def train(
     run_dir.mkdir(mode=0o700)
     state = st.new_state(run_id, yaml_path)
     st.write_state(run_dir, state)
-    (run_dir / st.SOURCE).write_text(yaml_path.read_text())
-    config_path = run_dir / st.CONFIG
-    config_text = checked.render()
     from appliance.fsutil import atomic_write_text
 
+    atomic_write_text(run_dir / st.SOURCE, yaml_path.read_text(), 0o600)
+    config_path = run_dir / st.CONFIG
+    config_text = checked.render()
     atomic_write_text(config_path, config_text, 0o600)
     cmd = [*iso.argv, *trainer_command(env, config_path, gpus)]
     started = st.now()
@@ -346,17 +346,22 @@ def train(
     with open(run_dir / st.LOG, "ab", buffering=0) as log:
         os.fchmod(log.fileno(), 0o600)
         stream = _Stream(log, echo, metrics)
-        log.write(f"$ {' '.join(cmd)}\n".encode())
-        proc = subprocess.Popen(
-            cmd,
-            cwd=run_dir,
-            env=trainer_environ(env, run_dir, run_tmpdir(run_dir, state)),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_set_pdeathsig,
-        )
+        shown = " ".join(a if "\n" not in a else "<lo-up shim>" for a in cmd)
+        log.write(f"$ {shown}\n".encode())
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                cwd=run_dir,
+                env=trainer_environ(env, run_dir, run_tmpdir(run_dir, state)),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_set_pdeathsig,
+            )
+        except OSError as exc:
+            _fail(run_dir, state, metrics, f"trainer did not start: {exc}")
+            raise TrainingFailed(f"{yaml_path}: the trainer did not start ({exc.strerror or exc})") from None
         st.write_state(run_dir, state, trainer_pgid=proc.pid, trainer_start=st.proc_start_time(proc.pid))
         try:
             assert proc.stdout is not None
@@ -397,11 +402,10 @@ def train(
             frameworks=frameworks,
             key=key,
         )
-    except EnclaveError as exc:
-        _fail(run_dir, state, metrics, f"seal failed: {exc.message}")
-        raise SealFailed(
-            f"run {run_id}: the adapter was not sealed ({exc.message}); plaintext removed"
-        ) from None
+    except Exception as exc:  # whatever broke, the plaintext goes before the error is reported
+        why = exc.message if isinstance(exc, EnclaveError) else f"{type(exc).__name__}: {exc}"
+        _fail(run_dir, state, metrics, f"seal failed: {why}")
+        raise SealFailed(f"run {run_id}: the adapter was not sealed ({why}); plaintext removed") from None
     adapter = {"name": rec.name, "version": rec.version, "ciphertext_sha256": rec.ciphertext_sha256}
     st.write_state(run_dir, state, phase="sealed", adapter=adapter)
     _crash_point("sealed")
