@@ -26,7 +26,8 @@ class Layout:
 
     @classmethod
     def at(cls, prefix: Path | str | None = None) -> Layout:
-        return cls(Path(prefix) if prefix is not None else default_prefix())
+        """Absolute from here on: subprocesses (uv, axolotl) run in other working directories."""
+        return cls((Path(prefix) if prefix is not None else default_prefix()).absolute())
 
     @property
     def etc(self) -> Path:

@@ -18,6 +18,9 @@ FORBIDDEN = {
     "bundler",
     "socket",
 }
+# Raw sockets only where they serve isolation, never a connection: the runner brings up
+# loopback inside the trainer's fresh network namespace and lists the interfaces it sees.
+ALLOWED = {"appliance/train/runner.py": {"socket"}}
 
 
 def _imports(path: Path) -> set[str]:
@@ -41,7 +44,7 @@ def test_appliance_imports_no_http_client_and_not_bundler():
     files = sorted((REPO / "appliance").rglob("*.py"))
     assert files, "appliance/ has no modules"
     for path in files:
-        bad = _hits(_imports(path))
+        bad = _hits(_imports(path)) - ALLOWED.get(str(path.relative_to(REPO)), set())
         if bad:
             offenders[str(path.relative_to(REPO))] = sorted(bad)
     assert offenders == {}
