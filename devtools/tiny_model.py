@@ -52,7 +52,7 @@ def build_tiny_llama(out: Path | str, *, seed: int = 0, vocab_size: int = 512) -
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=1024,
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=3,
