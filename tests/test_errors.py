@@ -41,3 +41,13 @@ def test_error_message_is_printed_verbatim_not_as_markup(tmp_path):
     assert proc.returncode != 0
     assert "[hosts].yaml" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_readme_exit_code_table_is_the_generated_one():
+    from pathlib import Path
+
+    from tests.conftest import run_enclave
+
+    table = run_enclave("exit-codes", check=True).stdout.strip()
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert table in readme, "README's exit-code table is stale: paste `enclave exit-codes` into it"
