@@ -255,6 +255,9 @@ def test_recipes_pass_with_their_names_swapped_in(lay, tmp_path):
     for recipe in ("tiny-cpu.yml", "dpo-tiny-cpu.yml", "qlora-8b.yml", "dpo-8b.yml", "qlora-8b-fsdp.yml"):
         conf = yaml.safe_load((RECIPES / recipe).read_text())
         conf["base_model"] = MODEL
+        # Starting from a sealed SFT adapter is exercised in test_train_run (it needs one).
+        if str(conf.get("lora_model_dir", "")).startswith("adapter:"):
+            del conf["lora_model_dir"]
         run_check(lay, conf, tmp_path)
 
 
@@ -437,6 +440,16 @@ def test_full_fine_tune_is_refused(lay, tmp_path):
 @pytest.mark.parametrize("key", ["lora_model_dir", "resume_from_checkpoint"])
 def test_foreign_weights(lay, tmp_path, key):
     one_refusal(lay, with_(LORA_1B, **{key: "/tmp/some-adapter"}), tmp_path, key, "outside this run")
+
+
+def test_starting_adapter_must_be_sealed_here(lay, tmp_path):
+    conf = with_(LORA_1B, lora_model_dir="adapter:no-such-sft")
+    one_refusal(lay, conf, tmp_path, "lora_model_dir", "not a registered adapter")
+    conf = with_(LORA_1B, lora_model_dir="adapter:bad name!")
+    one_refusal(lay, conf, tmp_path, "lora_model_dir", "not a registered adapter")
+    # axolotl would silently start DPO from a fresh adapter: refused rather than misleading.
+    conf = with_(DPO, lora_model_dir="adapter:no-such-sft")
+    one_refusal(lay, conf, tmp_path, "lora_model_dir", "starts a fresh adapter")
 
 
 def test_dpo_needs_preference_data_and_sft_refuses_it(lay, tmp_path):

@@ -152,6 +152,18 @@ def test_tiny_recipe_trains_offline_seals_registers_and_generates(prefix, tmp_pa
     assert gen.returncode == 0, gen.stderr[-3000:]
 
 
+@pytest.fixture(scope="module")
+def sft_adapter(prefix, tmp_path_factory) -> str:
+    """The SFT adapter DPO starts from: the one the first test sealed, or a new one."""
+    if not any(a["name"] == "tickets-lora" for a in adapters(prefix)):
+        run_yml = recipe(tmp_path_factory.mktemp("sft"), "tiny-cpu.yml")
+        proc = run_enclave(
+            "train", str(run_yml), "--prefix", str(prefix), "--name", "tickets-lora", env=train_env()
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return "tickets-lora"
+
+
 def test_dpo_few_steps(prefix, tmp_path):
     before = runs(prefix)
     proc = run_enclave(
@@ -160,12 +172,54 @@ def test_dpo_few_steps(prefix, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     run_dir = new_run(prefix, before)
-    assert plaintext(run_dir) == []
+    assert plaintext(run_dir) == [] and {p.name for p in run_dir.iterdir()} <= st.RECORD
     prov = json.loads((run_dir / st.PROVENANCE).read_text())
     assert prov["rl"] == "dpo" and prov["datasets"][0]["name"] == "prefs"
     metrics = [json.loads(x) for x in (run_dir / st.METRICS).read_text().splitlines()]
     assert any("rewards/margins" in m for m in metrics)
     assert any(a["name"] == "prefs-dpo" and a["run_id"] == run_dir.name for a in adapters(prefix))
+
+
+def test_sft_continues_a_sealed_adapter(prefix, tmp_path, sft_adapter):
+    before = runs(prefix)
+    run_yml = recipe(tmp_path, "tiny-cpu.yml", lora_model_dir=f"adapter:{sft_adapter}", max_steps=2)
+    proc = run_enclave(
+        "train", str(run_yml), "--prefix", str(prefix), "--name", "tickets-more", env=train_env()
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_dir = new_run(prefix, before)
+    # The decrypted starting adapter lived in the run and went with its plaintext.
+    assert plaintext(run_dir) == [] and not (run_dir / "parent-adapter").exists()
+    assert "parent-adapter" in json.loads((run_dir / st.STATE).read_text())["removed"]
+    parent = json.loads(
+        run_enclave("adapters", "show", sft_adapter, "--prefix", str(prefix), "--json").stdout
+    )
+    prov = json.loads((run_dir / st.PROVENANCE).read_text())
+    assert prov["parent_adapter"] == f"{sft_adapter}@{parent['version']}"
+    (child,) = [a for a in adapters(prefix) if a["name"] == "tickets-more" and a["run_id"] == run_dir.name]
+
+    # It really continued the sealed weights, not a fresh adapter.
+    from safetensors.torch import load as load_tensors
+
+    from appliance.adapters import registry as reg
+
+    lay = Layout.at(prefix)
+    conn = reg.connect(lay)
+    try:
+        sft, tuned = (
+            load_tensors(reg.load_plaintext(lay, reg.resolve(conn, ref))["adapter_model.safetensors"])
+            for ref in (f"{sft_adapter}@{parent['version']}", f"tickets-more@{child['version']}")
+        )
+    finally:
+        conn.close()
+    # Adam moves a weight by about the learning rate a step: two steps from the parent stay
+    # within 2 x lr of it, while a fresh LoRA (B starts at zero) could not get past 2 x lr.
+    reach = 2 * 0.001 * 1.1
+    b_keys = [k for k in sft if "lora_B" in k]
+    assert b_keys and set(b_keys) <= set(tuned)
+    for k in b_keys:
+        assert (tuned[k] - sft[k]).abs().max() <= reach, k
+    assert max(tuned[k].abs().max() for k in b_keys) > reach
 
 
 # --- failures: one line, a record, no plaintext ------------------------------------------
@@ -274,17 +328,15 @@ def test_crash_after_sealing_before_cleanup(prefix, tmp_path):
     assert json.loads((run_dir / st.STATE).read_text())["phase"] == "cleaned"
     # The sealed adapter stays registered, its ciphertext in place, and still opens.
     assert [a["version"] for a in adapters(prefix) if a["name"] == "crash-sealed"] == ["0.1.0"]
-    gen = run_enclave(
-        "generate",
-        "Hello",
-        "--adapter",
-        "crash-sealed@0.1.0",
-        "--max-new-tokens",
-        "2",
-        "--prefix",
-        str(prefix),
-    )
-    assert gen.returncode == 0, gen.stderr[-2000:]
+    from appliance.adapters import registry as reg
+
+    lay = Layout.at(prefix)
+    conn = reg.connect(lay)
+    try:
+        files = reg.load_plaintext(lay, reg.resolve(conn, "crash-sealed@0.1.0"))
+    finally:
+        conn.close()
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(files)
 
 
 # --- the sweeper alone ------------------------------------------------------------------

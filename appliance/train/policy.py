@@ -61,7 +61,10 @@ COMET_OK_MODES = {"disabled", "offline"}
 ONLINE_PLUGINS = ("swanlab", "hatchery", "nemo_gym")
 
 # Resuming or starting from a directory would read plaintext weights from outside the run.
+# An SFT run may continue a sealed adapter instead: `lora_model_dir: adapter:REF`.
 FOREIGN_WEIGHTS_KEYS = ("resume_from_checkpoint", "lora_model_dir")
+SEALED_PREFIX = "adapter:"
+PARENT_DIR = "parent-adapter"
 
 ADAPTERS = ("lora", "qlora")
 
@@ -92,14 +95,21 @@ class CheckedRun:
     model_path: Path
     datasets: list[DatasetUse] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    parent: Any = None
+    """The sealed adapter this run starts from (an AdapterRecord), if any."""
 
     @property
     def classification(self) -> Classification:
-        return max((d.classification for d in self.datasets), default=Classification.public)
+        levels = [d.classification for d in self.datasets]
+        if self.parent is not None:
+            levels.append(Classification.parse(self.parent.classification))
+        return max(levels, default=Classification.public)
 
     @property
     def dataset_hashes(self) -> list[str]:
-        return sorted({d.sha256 for d in self.datasets})
+        """Every dataset the weights came from, the parent adapter's included."""
+        inherited = list(self.parent.dataset_hashes) if self.parent is not None else []
+        return sorted({d.sha256 for d in self.datasets} | set(inherited))
 
     @property
     def rl(self) -> str | None:
@@ -187,7 +197,10 @@ def check(
         refuse.add(
             "adapter", "must be lora or qlora: the enclave seals and registers adapters, not full models"
         )
+    parent = _check_parent(layout, conf, model, cfg, refuse)
     for key in FOREIGN_WEIGHTS_KEYS:
+        if key == "lora_model_dir" and str(conf.get(key) or "").startswith(SEALED_PREFIX):
+            continue
         if _set(conf.get(key)):
             refuse.add(
                 key, "starting from weights outside this run is not allowed (every input must be verified)"
@@ -205,6 +218,8 @@ def check(
     conf.pop("revision_of_model", None)
     conf["output_dir"] = str(run_dir / OUTPUT_DIR)
     conf["dataset_prepared_path"] = str(run_dir / PREPARED_DIR)
+    if parent is not None:
+        conf["lora_model_dir"] = str(run_dir / PARENT_DIR)
     # Safetensors only: nothing the sealer has to unpickle, one file name to sweep for.
     conf["save_safetensors"] = True
     return CheckedRun(
@@ -214,7 +229,52 @@ def check(
         revision=revision,
         model_path=model_path,
         datasets=datasets,
+        parent=parent,
     )
+
+
+def _check_parent(layout: Layout, conf: dict, model: tuple | None, cfg: EnclaveConfig, refuse: _Refusals):
+    """`lora_model_dir: adapter:NAME[@VERSION]`: continue a sealed adapter of the same base model.
+
+    The runner decrypts it into the run directory (on the encrypted volume, removed with the
+    run's other plaintext); its datasets and classification pass on to the new adapter.
+    """
+    value = conf.get("lora_model_dir")
+    if not isinstance(value, str) or not value.startswith(SEALED_PREFIX):
+        return None
+    from appliance.adapters import registry as reg
+
+    ref = value[len(SEALED_PREFIX) :]
+    if _set(conf.get("rl")):
+        # axolotl 0.19 builds the DPO/IPO/KTO policy and reference from the adapter's config
+        # alone (config_only): the weights would be silently ignored.
+        refuse.add(
+            "lora_model_dir",
+            f"rl: {conf['rl']} starts a fresh adapter in axolotl 0.19 (only SFT continues one)",
+        )
+        return None
+    try:
+        conn = reg.connect(layout)
+        try:
+            rec = reg.resolve(conn, ref)
+        finally:
+            conn.close()
+    except EnclaveError as exc:
+        refuse.add("lora_model_dir", f"{ref!r} is not a registered adapter ({exc.message})")
+        return None
+    if model is not None and (rec.base_model_id, rec.base_revision) != model[:2]:
+        refuse.add(
+            "lora_model_dir",
+            f"{rec.ref} was trained on {rec.base_model_id}@{rec.base_revision[:12]}, not on base_model",
+        )
+        return None
+    if Classification.parse(rec.classification) > cfg.ceiling:
+        refuse.add("lora_model_dir", f"{rec.ref} is {rec.classification}, above this enclave's ceiling")
+        return None
+    if rec.stage == "retired":
+        refuse.add("lora_model_dir", f"{rec.ref} is retired")
+        return None
+    return rec
 
 
 def _check_model(layout: Layout, conf: dict, refuse: _Refusals) -> tuple[str, str, Path] | None:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from appliance.errors import EnclaveError
+from appliance.fsutil import atomic_write_bytes
 from appliance.offline import offline_environ
 from appliance.paths import Layout
 from appliance.train import policy
@@ -312,6 +313,8 @@ def train(
     config_path = run_dir / st.CONFIG
     config_text = checked.render()
     atomic_write_text(config_path, config_text, 0o600)
+    if checked.parent is not None:
+        _unseal_parent(layout, checked.parent, run_dir / policy.PARENT_DIR, key)
     cmd = [*iso.argv, *trainer_command(env, config_path, gpus)]
     started = st.now()
     provenance: dict[str, Any] = {
@@ -332,6 +335,7 @@ def train(
         "classification": checked.classification.name,
         "config_hash": checked.config_hash,
         "rl": checked.rl,
+        "parent_adapter": checked.parent.ref if checked.parent is not None else None,
         "frameworks": frameworks,
         "trainer": env.origin,
         "network_isolation": iso.how,
@@ -424,6 +428,20 @@ def train(
     removed = remove_plaintext(run_dir)
     st.write_state(run_dir, state, phase="cleaned", removed=removed)
     return RunResult(run_id, run_dir, rec, metrics, provenance)
+
+
+def _unseal_parent(layout: Layout, rec: Any, dest: Path, key: Any) -> None:
+    """The starting adapter, decrypted (and checked against its record) into the run directory.
+
+    axolotl loads `lora_model_dir` from disk, so this copy is plaintext; it lives on the
+    encrypted volume inside the run and goes with the run's other plaintext.
+    """
+    from appliance.adapters.registry import load_plaintext
+
+    files = load_plaintext(layout, rec, key)
+    dest.mkdir(mode=0o700)
+    for name, data in files.items():
+        atomic_write_bytes(dest / name, data, 0o600)
 
 
 def _fail(run_dir: Path, state: dict, metrics: Metrics, why: str) -> None:
