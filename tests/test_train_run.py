@@ -241,7 +241,7 @@ def test_a_failing_trainer_is_one_line_and_leaves_only_the_record(prefix, tmp_pa
 def test_no_trainer_venv_is_refused_before_any_run(prefix, tmp_path):
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
-    (venv / "bin" / "python").symlink_to("/usr/bin/python3")
+    (venv / "bin" / "python").symlink_to(os.path.realpath(sys.executable))  # no axolotl there
     before = runs(prefix)
     proc = run_enclave(
         "train", str(recipe(tmp_path, "tiny-cpu.yml")), "--prefix", str(prefix),
