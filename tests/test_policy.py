@@ -485,13 +485,15 @@ def test_nothing_is_changed_in_the_callers_dict(lay, tmp_path):
 def test_check_cli_refusal_is_one_line_and_exit_51(prefix, tmp_path):
     bad = tmp_path / "run.yml"
     bad.write_text(QLORA + "hub_model_id: acme/leaked\n")
+    runs = prefix / "runs"
+    before = set(runs.iterdir()) if runs.exists() else set()
     proc = run_enclave("train", "--check", str(bad), "--prefix", str(prefix))
     assert proc.returncode == 51, proc.stderr
     assert "Traceback" not in proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, proc.stderr
     assert "hub_model_id" in lines[0] and str(bad) in lines[0]
-    assert not (prefix / "runs").exists() or not any((prefix / "runs").iterdir())
+    assert (set(runs.iterdir()) if runs.exists() else set()) == before
 
 
 def test_check_cli_ok_and_json(prefix, tmp_path):
