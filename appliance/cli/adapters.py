@@ -42,6 +42,14 @@ def _table(records: list[AdapterRecord], extra: dict[str, list[str]] | None = No
     return t
 
 
+def _report_production(now: AdapterRecord, demoted: AdapterRecord | None, as_json: bool, line: str) -> None:
+    """promote and rollback answer alike: the JSON pair, or their one line."""
+    if as_json:
+        emit_json({"production": _row(now), "demoted": _row(demoted) if demoted else None})
+        return
+    out.print(line)
+
+
 def _refuse_retired(rec: AdapterRecord) -> None:
     if rec.stage == "retired":
         raise LifecycleError(f"{rec.ref}: retired; it is kept for the record, not for use")
@@ -101,10 +109,12 @@ def promote(
 ) -> None:
     """Move a staging adapter to production; the previous production goes back to staging."""
     new, demoted = lifecycle.promote(reg.connect(layout(prefix)), ref, reason=reason)
-    if as_json:
-        emit_json({"production": _row(new), "demoted": _row(demoted) if demoted else None})
-        return
-    out.print(f"{new.ref} is in production" + (f" (was {demoted.ref}, now staging)" if demoted else ""))
+    _report_production(
+        new,
+        demoted,
+        as_json,
+        f"{new.ref} is in production" + (f" (was {demoted.ref}, now staging)" if demoted else ""),
+    )
 
 
 @adapters_app.command("rollback")
@@ -116,10 +126,12 @@ def rollback(
 ) -> None:
     """Put the previous production version back, at once."""
     restored, demoted = lifecycle.rollback(reg.connect(layout(prefix)), name, reason=reason)
-    if as_json:
-        emit_json({"production": _row(restored), "demoted": _row(demoted) if demoted else None})
-        return
-    out.print(f"{restored.ref} is in production again" + (f" ({demoted.ref} rolled back)" if demoted else ""))
+    _report_production(
+        restored,
+        demoted,
+        as_json,
+        f"{restored.ref} is in production again" + (f" ({demoted.ref} rolled back)" if demoted else ""),
+    )
 
 
 @adapters_app.command("retire")
