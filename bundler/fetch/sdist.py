@@ -32,6 +32,7 @@ from packaging.utils import canonicalize_name, parse_sdist_filename, parse_wheel
 from appliance.bundle.format import TargetPlatform
 from appliance.errors import FetchError
 from appliance.fsutil import sha256_file
+from bundler.fetch.tooling import error_line, source_args, uv_command
 
 SOURCE_DATE_EPOCH = "315532800"
 """1980-01-01, the earliest zip timestamp: the same sdist builds the same wheel bytes on a rerun."""
@@ -67,28 +68,6 @@ def pin_of(line: str) -> tuple[str, str]:
     return str(canonicalize_name(req.name)), str(next(iter(req.specifier)).version)
 
 
-def _uv() -> list[str]:
-    found = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
-    return [found] if found else [sys.executable, "-m", "uv"]
-
-
-def _last_error(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for ln in lines:
-        if ln.startswith(("ERROR:", "error:", "×", "╰─▶")):
-            return ln.lstrip("×╰─▶ ").strip()
-    return lines[-1] if lines else "(no output)"
-
-
-def _source_args(indexes: list[str], find_links: list[str]) -> list[str]:
-    args: list[str] = []
-    for url in indexes:
-        args += ["--extra-index-url", url]
-    for loc in find_links:
-        args += ["--find-links", loc]
-    return args
-
-
 def download_sdist(line: str, dest: Path, indexes: list[str], find_links: list[str]) -> Path:
     """The pin's sdist, its sha256 checked by pip against the lock line's hashes."""
     name, version = pin_of(line)
@@ -111,7 +90,7 @@ def download_sdist(line: str, dest: Path, indexes: list[str], find_links: list[s
         str(dest),
         "-r",
         str(req),
-        *_source_args(indexes, find_links),
+        *source_args(indexes, find_links),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PIP_NO_INPUT="1"))
     req.unlink(missing_ok=True)
@@ -121,7 +100,7 @@ def download_sdist(line: str, dest: Path, indexes: list[str], find_links: list[s
         why = (
             f"the sdist's sha256 {got.group(1)} is not among the lock's hashes"
             if "DO NOT MATCH THE HASHES" in output and got
-            else _last_error(output)
+            else error_line(output)
         )
         raise SourceBuildError(
             f"python: {name}=={version} has no wheel for the target and its sdist could not be fetched: {why}"
@@ -138,7 +117,7 @@ def download_sdist(line: str, dest: Path, indexes: list[str], find_links: list[s
 def build_wheel(sdist: Path, out_dir: Path, indexes: list[str], find_links: list[str]) -> Path:
     """One wheel from the sdist, built by `uv build` in an isolated environment."""
     shutil.rmtree(out_dir, ignore_errors=True)
-    cmd = [*_uv(), "build", "--wheel", "--quiet", "--out-dir", str(out_dir), str(sdist)]
+    cmd = [*uv_command(), "build", "--wheel", "--quiet", "--out-dir", str(out_dir), str(sdist)]
     for url in indexes:
         cmd += ["--index", url]
     for loc in find_links:
@@ -148,7 +127,7 @@ def build_wheel(sdist: Path, out_dir: Path, indexes: list[str], find_links: list
     if proc.returncode != 0:
         raise SourceBuildError(
             f"python: {sdist.name}: building a wheel from the sdist failed:"
-            f" {_last_error(proc.stderr + proc.stdout)}"
+            f" {error_line(proc.stderr + proc.stdout)}"
         )
     wheels = list(out_dir.glob("*.whl"))
     if len(wheels) != 1:

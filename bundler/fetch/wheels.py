@@ -37,6 +37,7 @@ from appliance.errors import FetchError
 from appliance.fsutil import atomic_write_text, sha256_file
 from bundler.fetch import Fetched, Produced
 from bundler.fetch.sdist import BuiltWheel, build_from_source, pin_of
+from bundler.fetch.tooling import error_line, source_args, uv_command
 from bundler.manifest import lock_pins
 from bundler.progress import Reporter
 
@@ -62,13 +63,6 @@ def enclave_runtime_requirements() -> list[str]:
     return [r for r in reqs if "extra ==" not in r.replace('"', "'").replace("extra==", "extra ==")]
 
 
-def _uv() -> list[str]:
-    found = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
-    if found:
-        return [found]
-    return [sys.executable, "-m", "uv"]
-
-
 def _tail(text: str) -> str:
     """The line of a tool's output that says what went wrong."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
@@ -80,10 +74,7 @@ def _tail(text: str) -> str:
                 return (
                     f"{what}: the wheel's sha256 {got} is not among the lock's hashes ({ln.split()[-1]}...)"
                 )
-    for ln in lines:
-        if ln.startswith(("ERROR:", "error:", "×", "╰─▶")):
-            return ln.lstrip("×╰─▶ ").strip()
-    return lines[-1] if lines else "(no output)"
+    return error_line(text)
 
 
 def uv_platform(target: TargetPlatform) -> str:
@@ -125,7 +116,7 @@ def _compile(
         req_file = Path(tmp) / "requirements.in"
         req_file.write_text("\n".join(requirements) + "\n")
         cmd = [
-            *_uv(),
+            *uv_command(),
             "pip",
             "compile",
             str(req_file),
@@ -141,10 +132,7 @@ def _compile(
             "-o",
             str(Path(tmp) / "out.lock"),
         ]
-        for url in indexes or []:
-            cmd += ["--extra-index-url", url]
-        for loc in find_links or []:
-            cmd += ["--find-links", loc]
+        cmd += source_args(indexes or [], find_links or [])
         if constraints:
             c_file = Path(tmp) / "constraints.txt"
             c_file.write_text("\n".join(constraints) + "\n")
@@ -228,10 +216,7 @@ def _pip_download_once(
     ]
     for tag in target.pip_platforms:
         cmd += ["--platform", tag]
-    for url in indexes:
-        cmd += ["--extra-index-url", url]
-    for loc in find_links:
-        cmd += ["--find-links", loc]
+    cmd += source_args(indexes, find_links)
     env = dict(os.environ, PIP_NO_INPUT="1")
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -404,7 +389,7 @@ def build_enclave_wheel(tree: Path, staging: Path, reporter: Reporter) -> Fetche
             str(wheel_dir),
             str(work),
         ],
-        [*_uv(), "build", "--wheel", "--quiet", "--out-dir", str(wheel_dir), str(work)],
+        [*uv_command(), "build", "--wheel", "--quiet", "--out-dir", str(wheel_dir), str(work)],
     ]
     for cmd in attempts:
         proc = subprocess.run(cmd, capture_output=True, text=True)
