@@ -13,15 +13,10 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-import yaml
-
-from appliance.paths import Layout
-from appliance.provision import ansible_environ, find_toolchain
+from ansible_support import loop_device, play, recap_changed
 
 pytestmark = [
     pytest.mark.root,
@@ -29,31 +24,6 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("cryptsetup") is None, reason="cryptsetup is not installed"),
     pytest.mark.skipif(shutil.which("losetup") is None, reason="losetup (util-linux) is not installed"),
 ]
-
-
-def play(tmp: Path, extra: dict, *, tags: str = "luks") -> subprocess.CompletedProcess:
-    inv = tmp / "inventory.ini"
-    inv.write_text(
-        f"[enclave_hosts]\nlocalhost ansible_connection=local ansible_python_interpreter={sys.executable}\n"
-    )
-    vars_file = tmp / f"vars-{time.monotonic_ns()}.yml"
-    vars_file.write_text(yaml.safe_dump(extra))
-    tc = find_toolchain(Layout.at(tmp / "prefix"))
-    env = ansible_environ(tc)
-    env["ANSIBLE_HOME"] = str(tmp / ".ansible")
-    return subprocess.run(
-        [str(tc.playbook_bin), "-i", str(inv), str(tc.playbook), "--tags", tags, "-e", f"@{vars_file}"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tc.ansible_dir,
-        timeout=300,
-    )
-
-
-def recap_changed(out: str) -> int:
-    line = next(ln for ln in out.splitlines() if ln.startswith("localhost") and "changed=" in ln)
-    return int(line.split("changed=")[1].split()[0])
 
 
 def dm_reason() -> str | None:
@@ -68,15 +38,8 @@ def dm_reason() -> str | None:
 
 @pytest.fixture
 def loop(tmp_path):
-    image = tmp_path / "disk.img"
-    with open(image, "wb") as fh:
-        fh.truncate(64 << 20)
-    r = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot attach a loop device here: {r.stderr.strip()}")
-    dev = r.stdout.strip()
-    yield dev
-    subprocess.run(["losetup", "-d", dev], capture_output=True)
+    with loop_device(tmp_path, 64 << 20) as dev:
+        yield dev
 
 
 def luks_vars(tmp: Path, dev: str, **extra) -> dict:
@@ -102,7 +65,7 @@ def dump(target: str) -> str:
 
 def test_formats_luks2_argon2id_xts_512_and_second_run_changes_nothing(tmp_path, loop):
     extra = luks_vars(tmp_path, loop)
-    first = play(tmp_path, extra)
+    first = play(tmp_path, extra, tags="luks")
     assert first.returncode == 0, first.stdout + first.stderr
     assert recap_changed(first.stdout) > 0
 
@@ -140,7 +103,7 @@ def test_formats_luks2_argon2id_xts_512_and_second_run_changes_nothing(tmp_path,
     fstab = (tmp_path / "fstab").read_text().split()
     assert fstab[:4] == ["/dev/mapper/enclave", str(tmp_path / "prefix"), "ext4", "defaults,nodev,nosuid"]
 
-    second = play(tmp_path, extra)
+    second = play(tmp_path, extra, tags="luks")
     assert second.returncode == 0, second.stdout + second.stderr
     assert recap_changed(second.stdout) == 0, second.stdout
     assert dump(loop) == d
@@ -149,7 +112,7 @@ def test_formats_luks2_argon2id_xts_512_and_second_run_changes_nothing(tmp_path,
 def test_refuses_a_device_with_a_filesystem_unless_forced(tmp_path, loop):
     subprocess.run(["mkfs.ext4", "-q", "-F", loop], check=True, capture_output=True)
     extra = luks_vars(tmp_path, loop)
-    refused = play(tmp_path, extra)
+    refused = play(tmp_path, extra, tags="luks")
     assert refused.returncode != 0
     assert f"{loop} already holds TYPE=ext4" in refused.stdout, refused.stdout
     assert "luks_force_format: true" in refused.stdout
@@ -157,7 +120,7 @@ def test_refuses_a_device_with_a_filesystem_unless_forced(tmp_path, loop):
     assert probe.stdout.strip() == "ext4"  # untouched
     assert not Path(extra["luks_header_backup_path"]).exists()
 
-    forced = play(tmp_path, {**extra, "luks_force_format": True})
+    forced = play(tmp_path, {**extra, "luks_force_format": True}, tags="luks")
     assert forced.returncode == 0, forced.stdout + forced.stderr
     assert "Label: enclave" in " ".join(dump(loop).split())
 
@@ -189,7 +152,7 @@ def test_refuses_a_foreign_luks_header(tmp_path, loop):
         capture_output=True,
     )
     before = dump(loop)
-    refused = play(tmp_path, luks_vars(tmp_path, loop))
+    refused = play(tmp_path, luks_vars(tmp_path, loop), tags="luks")
     assert refused.returncode != 0
     assert "a LUKS header not labelled enclave" in refused.stdout, refused.stdout
     assert dump(loop) == before
@@ -204,14 +167,14 @@ def test_open_mkfs_mount(tmp_path, loop):
     mnt = tmp_path / "prefix"
     extra = luks_vars(tmp_path, loop, luks_open=True, luks_name=name)
     try:
-        first = play(tmp_path, extra)
+        first = play(tmp_path, extra, tags="luks")
         assert first.returncode == 0, first.stdout + first.stderr
         assert os.path.ismount(mnt)
         fs = subprocess.run(
             ["findmnt", "-n", "-o", "SOURCE,FSTYPE", str(mnt)], capture_output=True, text=True
         )
         assert fs.stdout.split() == [f"/dev/mapper/{name}", "ext4"]
-        again = play(tmp_path, extra)
+        again = play(tmp_path, extra, tags="luks")
         assert recap_changed(again.stdout) == 0, again.stdout
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)

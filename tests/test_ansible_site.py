@@ -7,14 +7,11 @@ and lives in test_provision.py.
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-
-from appliance.paths import Layout
-from appliance.provision import ansible_environ, find_toolchain
+from ansible_support import local_inventory, toolchain_env
 
 REPO = Path(__file__).resolve().parent.parent
 ROLES = ("luks", "ssh_hardening", "trainer_service", "egress_lockdown")
@@ -22,10 +19,7 @@ ROLES = ("luks", "ssh_hardening", "trainer_service", "egress_lockdown")
 
 @pytest.fixture
 def toolchain(tmp_path):
-    tc = find_toolchain(Layout.at(tmp_path / "prefix"))
-    env = ansible_environ(tc)
-    env["ANSIBLE_HOME"] = str(tmp_path / ".ansible")
-    return tc, env
+    return toolchain_env(tmp_path)
 
 
 def test_ansible_lint_production_profile(toolchain):
@@ -49,10 +43,7 @@ def test_ansible_lint_production_profile(toolchain):
 
 def test_syntax_check(toolchain, tmp_path):
     tc, env = toolchain
-    inv = tmp_path / "inventory.ini"
-    inv.write_text(
-        f"[enclave_hosts]\nlocalhost ansible_connection=local ansible_python_interpreter={sys.executable}\n"
-    )
+    inv = local_inventory(tmp_path)
     r = subprocess.run(
         [str(tc.playbook_bin), "-i", str(inv), "--syntax-check", str(tc.playbook)],
         capture_output=True,

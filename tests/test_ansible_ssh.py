@@ -22,10 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
-
-from appliance.paths import Layout
-from appliance.provision import ansible_environ, find_toolchain
+from ansible_support import play, recap_changed
 
 REPO = Path(__file__).resolve().parent.parent
 PORT = 2222
@@ -36,31 +33,6 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("sshd") is None, reason="openssh-server is not installed"),
     pytest.mark.skipif(shutil.which("useradd") is None, reason="useradd is not available"),
 ]
-
-
-def play(tmp: Path, extra: dict, *, tags: str = "ssh_hardening") -> subprocess.CompletedProcess:
-    inv = tmp / "inventory.ini"
-    inv.write_text(
-        f"[enclave_hosts]\nlocalhost ansible_connection=local ansible_python_interpreter={sys.executable}\n"
-    )
-    vars_file = tmp / f"vars-{time.monotonic_ns()}.yml"
-    vars_file.write_text(yaml.safe_dump(extra))
-    tc = find_toolchain(Layout.at(tmp / "prefix"))
-    env = ansible_environ(tc)
-    env["ANSIBLE_HOME"] = str(tmp / ".ansible")
-    return subprocess.run(
-        [str(tc.playbook_bin), "-i", str(inv), str(tc.playbook), "--tags", tags, "-e", f"@{vars_file}"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tc.ansible_dir,
-        timeout=300,
-    )
-
-
-def recap_changed(out: str) -> int:
-    line = next(ln for ln in out.splitlines() if ln.startswith("localhost") and "changed=" in ln)
-    return int(line.split("changed=")[1].split()[0])
 
 
 def port_free(port: int) -> bool:
@@ -139,7 +111,7 @@ def test_ssh_hardening_real_sshd(tmp_path, ssh_user):
         "ssh_hardening_reload_command": f"sh -c 'test ! -s {pidfile} || kill -HUP $(cat {pidfile})'",
     }
 
-    first = play(tmp_path, base)
+    first = play(tmp_path, base, tags="ssh_hardening")
     assert first.returncode == 0, first.stdout + first.stderr
     text = config.read_text()
     for line in (
@@ -237,13 +209,15 @@ def test_ssh_hardening_real_sshd(tmp_path, ssh_user):
         assert problems == [], problems
 
         # Second run: nothing changes.
-        again = play(tmp_path, base)
+        again = play(tmp_path, base, tags="ssh_hardening")
         assert again.returncode == 0, again.stdout + again.stderr
         assert recap_changed(again.stdout) == 0, again.stdout
 
         # A bad setting is stopped by `sshd -t`; the old config stays and sshd keeps serving.
         before = config.read_bytes()
-        bad = play(tmp_path, {**base, "ssh_hardening_ciphers": ["no-such-cipher@example"]})
+        bad = play(
+            tmp_path, {**base, "ssh_hardening_ciphers": ["no-such-cipher@example"]}, tags="ssh_hardening"
+        )
         assert bad.returncode != 0
         assert "failed to validate" in bad.stdout + bad.stderr
         assert config.read_bytes() == before
@@ -257,7 +231,7 @@ def test_ssh_hardening_real_sshd(tmp_path, ssh_user):
         assert still.returncode == 0, still.stderr
 
         # A valid change is installed and sshd reloaded (SIGHUP): it serves the new config.
-        changed = play(tmp_path, {**base, "ssh_hardening_max_auth_tries": 2})
+        changed = play(tmp_path, {**base, "ssh_hardening_max_auth_tries": 2}, tags="ssh_hardening")
         assert changed.returncode == 0, changed.stdout + changed.stderr
         assert "RUNNING HANDLER [ssh_hardening : Reload sshd]" in changed.stdout
         assert "MaxAuthTries 2" in config.read_text().splitlines()

@@ -13,46 +13,15 @@ import re
 import shutil
 import stat
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
-import yaml
-
-from appliance.paths import Layout
-from appliance.provision import ansible_environ, find_toolchain
+from ansible_support import play, recap_changed
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the role makes a system user"),
     pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed"),
 ]
-
-
-def play(tmp: Path, extra: dict, *, tags: str) -> subprocess.CompletedProcess:
-    inv = tmp / "inventory.ini"
-    inv.write_text(
-        f"[enclave_hosts]\nlocalhost ansible_connection=local ansible_python_interpreter={sys.executable}\n"
-    )
-    vars_file = tmp / f"vars-{time.monotonic_ns()}.yml"
-    vars_file.write_text(yaml.safe_dump(extra))
-    tc = find_toolchain(Layout.at(tmp / "prefix"))
-    env = ansible_environ(tc)
-    env["ANSIBLE_HOME"] = str(tmp / ".ansible")
-    return subprocess.run(
-        [str(tc.playbook_bin), "-i", str(inv), str(tc.playbook), "--tags", tags, "-e", f"@{vars_file}"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tc.ansible_dir,
-        timeout=300,
-    )
-
-
-def recap_changed(out: str) -> int:
-    line = next(ln for ln in out.splitlines() if ln.startswith("localhost") and "changed=" in ln)
-    return int(line.split("changed=")[1].split()[0])
 
 
 @pytest.fixture

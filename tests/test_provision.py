@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ansible_support import local_inventory, loop_device
 from conftest import run_enclave
 
 from appliance.paths import Layout
@@ -20,20 +21,12 @@ from appliance.provision import (
     playbook_argv,
 )
 
-LOCAL = f"localhost ansible_connection=local ansible_python_interpreter={sys.executable}\n"
-
 
 @pytest.fixture
 def loop(tmp_path):
     """An empty loop device: luks_device wants a block device even in check mode."""
-    image = tmp_path / "disk.img"
-    with open(image, "wb") as fh:
-        fh.truncate(32 << 20)
-    r = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot attach a loop device here: {r.stderr.strip()}")
-    yield r.stdout.strip()
-    subprocess.run(["losetup", "-d", r.stdout.strip()], capture_output=True)
+    with loop_device(tmp_path, 32 << 20) as dev:
+        yield dev
 
 
 def check_vars(tmp: Path, device: str) -> dict:
@@ -63,8 +56,7 @@ def check_vars(tmp: Path, device: str) -> dict:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="site.yml becomes root")
 def test_check_diff_run_of_site_yml_changes_nothing(tmp_path, loop):
-    inv = tmp_path / "inventory.ini"
-    inv.write_text("[enclave_hosts]\n" + LOCAL)
+    inv = local_inventory(tmp_path)
     vars_file = tmp_path / "vars.yml"
     vars_file.write_text(yaml.safe_dump(check_vars(tmp_path, loop)))
     r = run_enclave(
@@ -99,8 +91,7 @@ def test_check_diff_run_of_site_yml_changes_nothing(tmp_path, loop):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="site.yml becomes root")
 def test_failing_play_is_one_line_with_its_own_exit_code(tmp_path):
-    inv = tmp_path / "inventory.ini"
-    inv.write_text("[enclave_hosts]\n" + LOCAL)
+    inv = local_inventory(tmp_path)
     r = run_enclave(
         "provision",
         "--check",
@@ -202,8 +193,7 @@ def test_the_installed_release_toolchain_is_preferred(tmp_path):
     assert tc.playbook == release / "ansible" / "site.yml"
     assert tc.collections == site / "ansible_collections"
 
-    inv = tmp_path / "inventory.ini"
-    inv.write_text("[enclave_hosts]\n" + LOCAL)
+    inv = local_inventory(tmp_path)
     r = run_enclave(
         "provision",
         "--check",
@@ -224,8 +214,7 @@ def test_the_installed_release_toolchain_is_preferred(tmp_path):
 
 
 def test_unknown_tag_is_refused(tmp_path):
-    inv = tmp_path / "inventory.ini"
-    inv.write_text("[enclave_hosts]\n" + LOCAL)
+    inv = local_inventory(tmp_path)
     r = run_enclave("provision", "-t", "luks,firewall", "--inventory", str(inv), "--prefix", str(tmp_path))
     assert r.returncode == 2
     assert "--tags: unknown role 'firewall'" in r.stderr
