@@ -92,6 +92,16 @@ def ssh_cmd(user: str, *opts: str) -> list[str]:
     ]
 
 
+def key_login(ssh_user: dict) -> subprocess.CompletedProcess:
+    """The test user logs in with its key only (no password prompt can be answered)."""
+    return subprocess.run(
+        ssh_cmd(ssh_user["user"], "-i", str(ssh_user["key"]), "-o", "BatchMode=yes"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
 def test_ssh_hardening_real_sshd(tmp_path, ssh_user):
     if not port_free(PORT):
         pytest.skip(f"127.0.0.1:{PORT} is already in use on this machine")
@@ -139,12 +149,7 @@ def test_ssh_hardening_real_sshd(tmp_path, ssh_user):
             pytest.fail("sshd did not start: " + (tmp_path / "sshd.log").read_text())
 
         # Key login works.
-        ok = subprocess.run(
-            ssh_cmd(ssh_user["user"], "-i", str(ssh_user["key"]), "-o", "BatchMode=yes"),
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        ok = key_login(ssh_user)
         assert ok.returncode == 0, ok.stderr + (tmp_path / "sshd.log").read_text()
         assert f"logged-in-as-{ssh_user['user']}" in ok.stdout
 
@@ -222,12 +227,7 @@ def test_ssh_hardening_real_sshd(tmp_path, ssh_user):
         assert "failed to validate" in bad.stdout + bad.stderr
         assert config.read_bytes() == before
         assert sshd.poll() is None
-        still = subprocess.run(
-            ssh_cmd(ssh_user["user"], "-i", str(ssh_user["key"]), "-o", "BatchMode=yes"),
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        still = key_login(ssh_user)
         assert still.returncode == 0, still.stderr
 
         # A valid change is installed and sshd reloaded (SIGHUP): it serves the new config.
@@ -240,12 +240,7 @@ def test_ssh_hardening_real_sshd(tmp_path, ssh_user):
                 break
             time.sleep(0.05)
         assert "Received SIGHUP" in (tmp_path / "sshd.log").read_text()
-        reloaded = subprocess.run(
-            ssh_cmd(ssh_user["user"], "-i", str(ssh_user["key"]), "-o", "BatchMode=yes"),
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        reloaded = key_login(ssh_user)
         assert reloaded.returncode == 0, reloaded.stderr + (tmp_path / "sshd.log").read_text()
     finally:
         sshd.send_signal(signal.SIGTERM)
