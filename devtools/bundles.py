@@ -86,8 +86,6 @@ def sign_as_is(root: Path, key: Path, passphrase: bytes | None = None, signer: s
 
 def build_tiny_wheel(out_dir: Path, name: str = "enclave_fixture", version: str = "0.1.0") -> Path:
     """A real wheel built by pip from a generated one-module project (no network needed)."""
-    import subprocess
-    import sys
     import tempfile
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -101,23 +99,31 @@ def build_tiny_wheel(out_dir: Path, name: str = "enclave_fixture", version: str 
             'build-backend = "setuptools.build_meta"\n\n'
             f'[project]\nname = "{name}"\nversion = "{version}"\n'
         )
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "wheel",
-                "-q",
-                "--no-deps",
-                "--no-build-isolation",
-                "-w",
-                str(out_dir),
-                src,
-            ],
-            check=True,
-            capture_output=True,
-        )
+        pip_wheel(proj, out_dir)
     return next(out_dir.glob(f"{name}-{version}-*.whl"))
+
+
+def pip_wheel(src: Path, out_dir: Path) -> None:
+    """Build the project at src into out_dir with this interpreter's pip: no deps, no network."""
+    import subprocess
+    import sys
+
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(out_dir),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+    )
 
 
 def fixture_bundle_files(model_dir: Path | None, wheel: Path | None) -> dict[str, bytes]:

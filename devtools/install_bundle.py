@@ -69,6 +69,8 @@ def wheelhouse(requirements: list[str] | None = None, *, python: str = "3.11") -
 
 def enclave_wheel(out_dir: Path) -> Path:
     """The enclave-kit wheel built from this checkout (in a copy, so the tree stays clean)."""
+    from devtools.bundles import pip_wheel
+
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "src"
@@ -77,22 +79,7 @@ def enclave_wheel(out_dir: Path) -> Path:
             shutil.copy(REPO / name, src / name)
         for pkg in ("appliance", "bundler"):
             shutil.copytree(REPO / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "wheel",
-                "-q",
-                "--no-deps",
-                "--no-build-isolation",
-                "-w",
-                str(out_dir),
-                str(src),
-            ],
-            check=True,
-            capture_output=True,
-        )
+        pip_wheel(src, out_dir)
     return next(out_dir.glob("enclave_kit-*.whl"))
 
 
