@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from packaging.utils import canonicalize_name, parse_sdist_filename, parse_wheel
 from appliance.bundle.format import TargetPlatform
 from appliance.errors import FetchError
 from appliance.fsutil import sha256_file
-from bundler.fetch.tooling import error_line, source_args, uv_command
+from bundler.fetch.tooling import error_line, pip_download_cmd, source_args, uv_command
 
 SOURCE_DATE_EPOCH = "315532800"
 """1980-01-01, the earliest zip timestamp: the same sdist builds the same wheel bytes on a rerun."""
@@ -76,20 +75,7 @@ def download_sdist(line: str, dest: Path, indexes: list[str], find_links: list[s
     req = dest.parent / f"{dest.name}.lock"
     req.write_text(line + "\n")
     cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--no-binary=:all:",
-        "--require-hashes",
-        "--progress-bar",
-        "off",
-        "--disable-pip-version-check",
-        "-d",
-        str(dest),
-        "-r",
-        str(req),
+        *pip_download_cmd(dest, req, "--no-binary=:all:", "--require-hashes"),
         *source_args(indexes, find_links),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PIP_NO_INPUT="1"))

@@ -35,3 +35,23 @@ def error_line(text: str) -> str:
         if ln.startswith(("ERROR:", "error:", "×", "╰─▶")):
             return ln.lstrip("×╰─▶ ").strip()
     return lines[-1] if lines else "(no output)"
+
+
+def pip_download_cmd(dest: Path, requirements: Path | str, *selection: str) -> list[str]:
+    """`pip download` of a hash-pinned requirements file into dest, without dependencies;
+    selection says which distributions (binary or source, for which target)."""
+    return [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        *selection,
+        "--progress-bar",
+        "off",
+        "--disable-pip-version-check",
+        "-d",
+        str(dest),
+        "-r",
+        str(requirements),
+    ]

@@ -37,7 +37,7 @@ from appliance.errors import FetchError
 from appliance.fsutil import atomic_write_text, sha256_file
 from bundler.fetch import Fetched, Produced
 from bundler.fetch.sdist import BuiltWheel, build_from_source, pin_of
-from bundler.fetch.tooling import error_line, source_args, uv_command
+from bundler.fetch.tooling import error_line, pip_download_cmd, source_args, uv_command
 from bundler.manifest import lock_pins
 from bundler.progress import Reporter
 
@@ -194,26 +194,16 @@ def _pip_download_once(
     with tempfile.NamedTemporaryFile("w", suffix=".lock", delete=False) as fh:
         fh.write("\n".join(lines) + "\n")
         chunk = fh.name
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
+    cmd = pip_download_cmd(
+        dest,
+        chunk,
         "--only-binary=:all:",
         "--require-hashes",
         "--python-version",
         target.python,
         "--implementation",
         "cp",
-        "--progress-bar",
-        "off",
-        "--disable-pip-version-check",
-        "-d",
-        str(dest),
-        "-r",
-        chunk,
-    ]
+    )
     for tag in target.pip_platforms:
         cmd += ["--platform", tag]
     cmd += source_args(indexes, find_links)
