@@ -41,6 +41,20 @@ def build_sbom(
         f = by_path.get(path)
         return [HashType(alg=HashAlgorithm.SHA_256, content=f.sha256)] if f and f.sha256 else []
 
+    def library(
+        pkg: PackageRef, purl: PackageURL, digests: list[HashType], props: list[Property]
+    ) -> Component:
+        """A wheel or a deb: named by its package URL, which is also its bom-ref."""
+        return Component(
+            type=ComponentType.LIBRARY,
+            name=pkg.name,
+            version=pkg.version,
+            purl=purl,
+            bom_ref=purl.to_string(),
+            hashes=digests,
+            properties=props,
+        )
+
     components: list[Component] = []
     for w in sorted(wheels, key=lambda w: w.name):
         purl = PackageURL(type="pypi", name=w.name, version=w.version)
@@ -53,14 +67,11 @@ def build_sbom(
                 *[Property(name="enclave:wheel-sha256", value=h.content) for h in hashes(w.path)],
             ]
         components.append(
-            Component(
-                type=ComponentType.LIBRARY,
-                name=w.name,
-                version=w.version,
-                purl=purl,
-                bom_ref=purl.to_string(),
-                hashes=[HashType(alg=HashAlgorithm.SHA_256, content=sdist)] if sdist else hashes(w.path),
-                properties=props,
+            library(
+                w,
+                purl,
+                [HashType(alg=HashAlgorithm.SHA_256, content=sdist)] if sdist else hashes(w.path),
+                props,
             )
         )
     for f in files:
@@ -114,17 +125,7 @@ def build_sbom(
         purl = PackageURL(
             type="deb", namespace="debian", name=d.name, version=d.version, qualifiers={"arch": arch}
         )
-        components.append(
-            Component(
-                type=ComponentType.LIBRARY,
-                name=d.name,
-                version=d.version,
-                purl=purl,
-                bom_ref=purl.to_string(),
-                hashes=hashes(d.path),
-                properties=[Property(name="enclave:path", value=d.path)],
-            )
-        )
+        components.append(library(d, purl, hashes(d.path), [Property(name="enclave:path", value=d.path)]))
     for f in files:
         if f.kind is FileKind.file:
             props = [Property(name="enclave:path", value=f.path)]
