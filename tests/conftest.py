@@ -178,3 +178,23 @@ def tree_snapshot(root: Path) -> dict[str, tuple[int, int]]:
         st = p.lstat()
         out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns)
     return out
+
+
+# --- bundle create through the CLI: the call the connected-side tests share ---------------
+
+
+def bundle_create(manifest: Path, out: Path, *keys: Path, args: tuple[str, ...] = (), **kw):
+    """`enclave bundle create MANIFEST -o OUT --key KEY... ARGS...` through run_enclave."""
+    key_args = [a for key in keys for a in ("--key", str(key))]
+    return run_enclave("bundle", "create", str(manifest), "-o", str(out), *key_args, *args, **kw)
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Code under test may set process-wide switches (inference applies the offline variables
+    before importing transformers); keep them from leaking into later tests' subprocesses,
+    where PIP_NO_INDEX=1 would make a connected-side test look like a missing wheel."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)

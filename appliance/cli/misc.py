@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
+
 import typer
 
 from appliance import __version__
 from appliance.cli.app import JsonOpt, app, emit_json, out
-from appliance.errors import EXIT_CODES
+from appliance.errors import EXIT_CODES, EnclaveError
 
 
 @app.command("version")
@@ -15,8 +17,24 @@ def version() -> None:
     out.print(f"enclave {__version__}")
 
 
+# Every module that defines EnclaveError subclasses; tests/test_errors.py checks the list
+# against the source, so a new error cannot be left out of the documented table.
+ERROR_MODULES = (
+    "appliance.errors",
+    "appliance.adapters.errors",
+    "appliance.crypto.errors",
+    "appliance.data.errors",
+    "appliance.install.errors",
+    "appliance.provision",
+    "appliance.train.errors",
+    "appliance.trainer.queue",
+)
+
+
 def exit_code_rows() -> list[tuple[int, str, str]]:
-    rows = [(0, "-", "success")]
+    for name in ERROR_MODULES:
+        importlib.import_module(name)
+    rows = [(0, "-", "success"), (EnclaveError.exit_code, "EnclaveError", EnclaveError.summary)]
     rows += [(code, cls.__name__, cls.summary) for code, cls in sorted(EXIT_CODES.items())]
     return rows
 
