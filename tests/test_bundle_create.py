@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ALICE_PASS, run_enclave
+from conftest import ALICE_PASS, bundle_create, run_enclave
 
 from appliance.errors import KeyError_, UsageError
 from devtools.fake_hub import FakeHub
@@ -64,17 +64,8 @@ files:
 """
     )
     out = d / "bundle"
-    proc = run_enclave(
-        "bundle",
-        "create",
-        str(manifest),
-        "-o",
-        str(out),
-        "--key",
-        str(officer_keys["alice.key"]),
-        "--key",
-        str(officer_keys["bob.key"]),
-        env=env_for(hub, d),
+    proc = bundle_create(
+        manifest, out, officer_keys["alice.key"], officer_keys["bob.key"], env=env_for(hub, d)
     )
     assert proc.returncode == 0, proc.stderr
     return out, proc
@@ -151,9 +142,7 @@ def test_an_existing_output_is_never_overwritten(built, hub, officer_keys, tmp_p
     before = (out / "bundle.json").read_bytes()
     manifest = tmp_path / "m.yaml"
     manifest.write_text('apiVersion: enclave.dev/v1\nname: x\nversion: "0.1.0"\n')
-    proc = run_enclave(
-        "bundle", "create", str(manifest), "-o", str(out), "--key", str(officer_keys["bob.key"])
-    )
+    proc = bundle_create(manifest, out, officer_keys["bob.key"])
     assert proc.returncode == UsageError.exit_code
     assert str(out) in proc.stderr and "already exists" in proc.stderr
     assert (out / "bundle.json").read_bytes() == before
@@ -165,16 +154,7 @@ def test_a_wrong_passphrase_fails_before_anything_is_fetched(tmp_path, officer_k
         'apiVersion: enclave.dev/v1\nname: x\nversion: "0.1.0"\npython: {requirements: [six]}\n'
     )
     out = tmp_path / "b"
-    proc = run_enclave(
-        "bundle",
-        "create",
-        str(manifest),
-        "-o",
-        str(out),
-        "--key",
-        str(officer_keys["alice.key"]),
-        env={"ENCLAVE_KEY_PASSPHRASE": "wrong"},
-    )
+    proc = bundle_create(manifest, out, officer_keys["alice.key"], env={"ENCLAVE_KEY_PASSPHRASE": "wrong"})
     assert proc.returncode == KeyError_.exit_code, proc.stderr
     assert "alice.key" in proc.stderr and "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.yaml"]
@@ -197,23 +177,13 @@ files:
 """
     manifest = tmp_path / "arm.yaml"
     out = tmp_path / "b"
-    args = (
-        "bundle",
-        "create",
-        str(manifest),
-        "-o",
-        str(out),
-        "--key",
-        str(officer_keys["bob.key"]),
-        "--json",
-    )
     manifest.write_text(text.replace("SHA", "0" * 64))
-    proc = run_enclave(*args)
+    proc = bundle_create(manifest, out, officer_keys["bob.key"], args=("--json",))
     assert proc.returncode == 12 and "files[0]" in proc.stderr, proc.stderr
     assert list((tmp_path / "b.partial").rglob("*aarch64*.whl")), "the wheel must be kept for the rerun"
 
     manifest.write_text(text.replace("SHA", hashlib.sha256(NOTE).hexdigest()))
-    proc = run_enclave(*args)
+    proc = bundle_create(manifest, out, officer_keys["bob.key"], args=("--json",))
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["fetched"] == 1, report  # only the corrected file
@@ -247,9 +217,7 @@ def test_debs_are_fetched_at_the_pinned_version(tmp_path, officer_keys):
         f'debs:\n  - {{name: sensible-utils, version: "{version}"}}\n'
     )
     out = tmp_path / "b"
-    proc = run_enclave(
-        "bundle", "create", str(manifest), "-o", str(out), "--key", str(officer_keys["bob.key"])
-    )
+    proc = bundle_create(manifest, out, officer_keys["bob.key"])
     assert proc.returncode == 0, proc.stderr
     debs = list((out / "debs").glob("sensible-utils_*.deb"))
     assert len(debs) == 1
@@ -270,9 +238,7 @@ def test_a_deb_version_that_does_not_exist_is_a_fetch_error(tmp_path, officer_ke
         'apiVersion: enclave.dev/v1\nname: d\nversion: "0.1.0"\n'
         'debs:\n  - {name: sensible-utils, version: "0.0.0-nonexistent"}\n'
     )
-    proc = run_enclave(
-        "bundle", "create", str(manifest), "-o", str(tmp_path / "b"), "--key", str(officer_keys["bob.key"])
-    )
+    proc = bundle_create(manifest, tmp_path / "b", officer_keys["bob.key"])
     assert proc.returncode == 12, proc.stderr
     assert "debs[0] sensible-utils=0.0.0-nonexistent" in proc.stderr
 

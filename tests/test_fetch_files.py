@@ -10,7 +10,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import run_enclave
+from conftest import bundle_create
 
 from appliance.errors import FetchError
 
@@ -41,16 +41,7 @@ def _manifest(path: Path, body: str) -> Path:
 
 
 def _create(manifest: Path, out: Path, keys: dict[str, Path]):
-    return run_enclave(
-        "bundle",
-        "create",
-        str(manifest),
-        "-o",
-        str(out),
-        "--key",
-        str(keys["bob.key"]),
-        env={"NO_PROXY": "127.0.0.1"},
-    )
+    return bundle_create(manifest, out, keys["bob.key"], env={"NO_PROXY": "127.0.0.1"})
 
 
 def test_a_url_file_lands_in_files_with_its_pinned_hash(web, tmp_path, officer_keys):

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_enclave
+from conftest import bundle_create
 
 from appliance.errors import FetchError
 from devtools.fake_hub import FakeHub
@@ -48,9 +48,7 @@ models:
 
 
 def create(manifest: Path, out: Path, keys: dict[str, Path], env: dict[str, str]):
-    return run_enclave(
-        "bundle", "create", str(manifest), "-o", str(out), "--key", str(keys["bob.key"]), env=env
-    )
+    return bundle_create(manifest, out, keys["bob.key"], env=env)
 
 
 def test_hub_model_lands_at_its_revision_checked_against_lfs(hub, tmp_path, officer_keys, tiny_model_dir):

@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import run_enclave
+from conftest import bundle_create, run_enclave
 
 from appliance.bundle.format import BundleManifest, TargetPlatform
 from appliance.errors import FetchError, ManifestError
@@ -116,9 +116,7 @@ python:
 
 
 def _create(manifest: Path, out: Path, officer_keys) -> subprocess.CompletedProcess:
-    return run_enclave(
-        "bundle", "create", str(manifest), "-o", str(out), "--key", str(officer_keys["bob.key"])
-    )
+    return bundle_create(manifest, out, officer_keys["bob.key"])
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import run_enclave
+from conftest import bundle_create
 
 from appliance.errors import ManifestError
 from bundler.manifest import load_manifest
@@ -122,9 +122,7 @@ def test_bad_manifest_is_one_line_naming_file_and_key(workdir, officer_keys, cas
     manifest.write_text(text)
     before = sorted(p.name for p in workdir.iterdir())
     out = workdir / "bundle"
-    proc = run_enclave(
-        "bundle", "create", str(manifest), "-o", str(out), "--key", str(officer_keys["bob.key"])
-    )
+    proc = bundle_create(manifest, out, officer_keys["bob.key"])
     assert proc.returncode == ManifestError.exit_code, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
