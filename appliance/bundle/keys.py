@@ -13,6 +13,7 @@ import hashlib
 import os
 import sys
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -77,9 +78,20 @@ def _read_key_file(path: Path) -> bytes:
     return data
 
 
-def _check_curve(path: Path, curve_name: str) -> None:
-    if curve_name != SUPPORTED_CURVE:
-        raise KeyError_(f"{path}: key is on curve {curve_name}; enclave keys are ECDSA P-256", path=str(path))
+_K = TypeVar("_K", ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)
+
+
+def _p256(path: Path, key: object, kind: type[_K], what: str) -> _K:
+    """A PEM file can hold an RSA or Ed25519 key, or one on another curve: refuse those by name."""
+    if not isinstance(key, kind):
+        raise KeyError_(
+            f"{path}: not an elliptic-curve {what} key (enclave keys are ECDSA P-256)", path=str(path)
+        )
+    if key.curve.name != SUPPORTED_CURVE:
+        raise KeyError_(
+            f"{path}: key is on curve {key.curve.name}; enclave keys are ECDSA P-256", path=str(path)
+        )
+    return key
 
 
 def is_encrypted(path: Path | str) -> bool:
@@ -106,12 +118,7 @@ def load_private_key(path: Path | str, passphrase: bytes | None) -> ec.EllipticC
         if b"ENCRYPTED" in data:
             raise KeyError_(f"{path}: wrong passphrase for the private key", path=str(path)) from None
         raise KeyError_(f"{path}: not a PEM private key", path=str(path)) from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise KeyError_(
-            f"{path}: not an elliptic-curve private key (enclave keys are ECDSA P-256)", path=str(path)
-        )
-    _check_curve(path, key.curve.name)
-    return key
+    return _p256(path, key, ec.EllipticCurvePrivateKey, "private")
 
 
 def load_public_key(path: Path | str) -> ec.EllipticCurvePublicKey:
@@ -122,12 +129,7 @@ def load_public_key(path: Path | str) -> ec.EllipticCurvePublicKey:
     except ValueError:
         hint = " (this looks like a private key: --trust takes the .pub file)" if b"PRIVATE" in data else ""
         raise KeyError_(f"{path}: not a PEM public key{hint}", path=str(path)) from None
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise KeyError_(
-            f"{path}: not an elliptic-curve public key (enclave keys are ECDSA P-256)", path=str(path)
-        )
-    _check_curve(path, key.curve.name)
-    return key
+    return _p256(path, key, ec.EllipticCurvePublicKey, "public")
 
 
 def read_passphrase(*, confirm: bool = False, purpose: str = "key passphrase") -> bytes | None:
