@@ -9,8 +9,11 @@ the trainer service and an operator's command share the file.
 from __future__ import annotations
 
 import contextlib
+import getpass
+import os
 import sqlite3
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 from appliance.paths import Layout
@@ -77,3 +80,14 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         raise
     else:
         conn.execute("COMMIT")
+
+
+def now() -> str:
+    """UTC to the second, ISO 8601: every component's rows sort and compare the same way."""
+    return datetime.now(UTC).replace(microsecond=0).isoformat()
+
+
+def who() -> str:
+    """The operator behind a command: the sudo caller when there is one, for the audit trail."""
+    user = os.environ.get("SUDO_USER") or getpass.getuser()
+    return f"{user} (uid {os.getuid()})"

@@ -11,13 +11,11 @@ registered adapter without its file.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import hashlib
 import json
 import os
 import re
 import sqlite3
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +31,7 @@ from appliance.crypto.keys import PURPOSE_ADAPTERS, DataKey, load_enclave_key
 from appliance.errors import UsageError
 from appliance.fsutil import atomic_write_bytes
 from appliance.paths import Layout
+from appliance.registry import now, who
 
 Stage = Literal["staging", "production", "retired"]
 Bump = Literal["patch", "minor", "major"]
@@ -81,6 +80,9 @@ CREATE TABLE IF NOT EXISTS adapter_promotions (
     reason      TEXT NOT NULL DEFAULT ''
 );
 """
+# Version 2: an adapter trained on top of another one merged into its base (DPO after SFT)
+# names that parent; JSON {name, version, plaintext_sha256}, NULL for one on the base itself.
+_DDL_V2 = "ALTER TABLE adapters ADD COLUMN stacks_on TEXT;"
 
 
 class AdapterRecord(BaseModel):
@@ -110,6 +112,9 @@ class AdapterRecord(BaseModel):
     created: str
     stage_changed: str
     origin: str = "sealed"
+    stacks_on: dict[str, str] | None = None
+    """The adapter this one was trained on, merged into the base model first (name, version,
+    plaintext_sha256); loading it means merging that chain, root first, then applying this."""
 
     @property
     def ref(self) -> str:
@@ -119,18 +124,15 @@ class AdapterRecord(BaseModel):
         return ciphertext_path(layout, self.ciphertext_sha256)
 
 
-def now() -> str:
-    return datetime.now(UTC).replace(microsecond=0).isoformat()
-
-
-def who() -> str:
-    user = os.environ.get("SUDO_USER") or getpass.getuser()
-    return f"{user} (uid {os.getuid()})"
-
-
 def connect(layout: Layout) -> sqlite3.Connection:
     conn = registry.connect(layout)
     registry.ensure_schema(conn, "adapters", 1, _DDL)
+    try:
+        registry.ensure_schema(conn, "adapters", 2, _DDL_V2)
+    except sqlite3.OperationalError as exc:
+        # Another process added the column between our version check and our ALTER.
+        if "duplicate column" not in str(exc):
+            raise
     return conn
 
 
@@ -149,6 +151,7 @@ def _record(row: sqlite3.Row) -> AdapterRecord:
     d["files"] = json.loads(d.pop("files_json"))
     d["dataset_hashes"] = json.loads(d["dataset_hashes"])
     d["frameworks"] = json.loads(d.pop("frameworks_json"))
+    d["stacks_on"] = json.loads(d["stacks_on"]) if d.get("stacks_on") else None
     return AdapterRecord.model_validate(d)
 
 
@@ -248,7 +251,7 @@ def log_event(
 _COLUMNS = (
     "name, version, major, minor, patch, stage, ciphertext_sha256, ciphertext_size, plaintext_sha256, "
     "plaintext_size, files_json, dataset_hashes, base_model_id, base_revision, config_hash, frameworks_json, "
-    "classification, train_loss, eval_loss, run_id, key_id, created, stage_changed, origin"
+    "classification, train_loss, eval_loss, run_id, key_id, created, stage_changed, origin, stacks_on"
 )
 # Built from the constant column list above, never from input.
 _INSERT = "INSERT INTO adapters({}) VALUES ({})".format(  # noqa: S608
@@ -262,6 +265,7 @@ def _insert(conn: sqlite3.Connection, rec: AdapterRecord) -> None:
     d["files_json"] = json.dumps(d.pop("files"), sort_keys=True)
     d["dataset_hashes"] = json.dumps(d["dataset_hashes"])
     d["frameworks_json"] = json.dumps(d.pop("frameworks"), sort_keys=True)
+    d["stacks_on"] = json.dumps(d["stacks_on"], sort_keys=True) if d["stacks_on"] else None
     conn.execute(_INSERT, d)
     log_event(conn, rec, rec.origin, rec.stage, from_stage="-")
 
@@ -301,10 +305,12 @@ def seal_adapter(
     frameworks: dict[str, str],
     bump: Bump = "patch",
     key: DataKey | None = None,
+    stacks_on: AdapterRecord | None = None,
 ) -> AdapterRecord:
     """Encrypt and register the adapter in `plaintext_dir`; the caller removes the plaintext.
 
-    `key` defaults to the enclave key's adapters sub-key. Returns the registered record
+    `key` defaults to the enclave key's adapters sub-key; `stacks_on` is the adapter that was
+    merged into the base model before this one was trained. Returns the registered record
     (stage 'staging', the next version of `name`)."""
     parse_ref(name)
     if bump not in ("patch", "minor", "major"):
@@ -348,6 +354,7 @@ def seal_adapter(
                 key_id=key.fingerprint(),
                 created=stamp,
                 stage_changed=stamp,
+                stacks_on=parent_ref(stacks_on) if stacks_on is not None else None,
             )
             _insert(conn, rec)
     except BaseException:
@@ -356,6 +363,34 @@ def seal_adapter(
     finally:
         conn.close()
     return rec
+
+
+def parent_ref(rec: AdapterRecord) -> dict[str, str]:
+    return {"name": rec.name, "version": rec.version, "plaintext_sha256": rec.plaintext_sha256}
+
+
+def stack_of(conn: sqlite3.Connection, rec: AdapterRecord) -> list[AdapterRecord]:
+    """The adapters merged under `rec`, root (trained on the base itself) first.
+
+    Each parent is checked against the plaintext hash its child recorded, so an adapter
+    re-sealed under the same name and version can never be merged in its place."""
+    chain: list[AdapterRecord] = []
+    seen = {rec.ref}
+    child = rec
+    while child.stacks_on:
+        want = child.stacks_on
+        parent = get(conn, want["name"], want["version"])
+        if parent.plaintext_sha256 != want.get("plaintext_sha256"):
+            raise TamperedCiphertext(
+                f"{child.ref}: its parent {parent.ref} is not the adapter it was trained on "
+                f"(plaintext sha256 {parent.plaintext_sha256[:12]}, recorded {str(want.get('plaintext_sha256'))[:12]})"
+            )
+        if parent.ref in seen:
+            raise TamperedCiphertext(f"{child.ref}: its parents form a loop at {parent.ref}")
+        seen.add(parent.ref)
+        chain.append(parent)
+        child = parent
+    return chain[::-1]
 
 
 def register_imported(layout: Layout, rec: AdapterRecord, ciphertext: bytes) -> AdapterRecord:

@@ -9,7 +9,6 @@ an interrupted intake leaves either the whole dataset or nothing that any comman
 from __future__ import annotations
 
 import contextlib
-import getpass
 import hashlib
 import json
 import os
@@ -17,7 +16,6 @@ import re
 import shutil
 import sqlite3
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from appliance.config import Classification
 from appliance.data.errors import DataError, DatasetConflict, DatasetErased, DatasetNotFound
 from appliance.fsutil import CHUNK, fsync_dir
 from appliance.paths import Layout
+from appliance.registry import now, who
 
 TRAIN = "train.jsonl"
 EVAL = "eval.jsonl"
@@ -67,16 +66,6 @@ def connect(layout: Layout) -> sqlite3.Connection:
     conn = registry.connect(layout)
     registry.ensure_schema(conn, "data", 1, _DDL)
     return conn
-
-
-def now() -> str:
-    return datetime.now(UTC).replace(microsecond=0).isoformat()
-
-
-def who() -> str:
-    """The operator behind a command: the sudo caller when there is one, for the audit trail."""
-    user = os.environ.get("SUDO_USER") or getpass.getuser()
-    return f"{user} (uid {os.getuid()})"
 
 
 @dataclass(frozen=True)
