@@ -24,8 +24,12 @@ demo: setup
 test: setup
 	$(BIN)/pytest -q
 
+# The CPU benchmarks, each against its baseline in the same run (bench/README.md); the PII one
+# (bench/pii.py, builds its own Presidio venv) and the GPU one (bench/qlora.py) run by hand.
 bench: setup
 	$(BIN)/python bench/verify.py
+	$(BIN)/python bench/install.py
+	$(BIN)/python bench/aead.py
 
 lint: setup
 	$(BIN)/ruff check .
