@@ -447,9 +447,62 @@ def test_starting_adapter_must_be_sealed_here(lay, tmp_path):
     one_refusal(lay, conf, tmp_path, "lora_model_dir", "not a registered adapter")
     conf = with_(LORA_1B, lora_model_dir="adapter:bad name!")
     one_refusal(lay, conf, tmp_path, "lora_model_dir", "not a registered adapter")
-    # axolotl would silently start DPO from a fresh adapter: refused rather than misleading.
     conf = with_(DPO, lora_model_dir="adapter:no-such-sft")
-    one_refusal(lay, conf, tmp_path, "lora_model_dir", "starts a fresh adapter")
+    one_refusal(lay, conf, tmp_path, "lora_model_dir", "not a registered adapter")
+
+
+def _seal_stub(lay: Layout, tmp_path: Path, name: str, classification: str, stacks_on=None):
+    """A registered adapter of the installed base (policy reads only its record)."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from appliance.adapters.registry import seal_adapter
+
+    d = tmp_path / name
+    d.mkdir()
+    (d / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
+    save_file({"x": torch.zeros(1)}, str(d / "adapter_model.safetensors"))
+    m = resolve_model(lay, MODEL)
+    return seal_adapter(
+        lay, d, name=name, run_id="stub", base_model_id=m.repo_id, base_revision=m.revision,
+        dataset_hashes=["0" * 64], config_hash="0" * 64, classification=classification,
+        train_loss=None, eval_loss=None, frameworks={}, stacks_on=stacks_on,
+    )  # fmt: skip
+
+
+def test_dpo_on_a_sealed_sft_adapter_trains_on_the_merged_base(lay, tmp_path):
+    sft = _seal_stub(lay, tmp_path, "policy-sft-secret", "secret")
+    conf = with_(DPO, lora_model_dir=f"adapter:{sft.ref}")
+    checked = run_check(lay, conf, tmp_path)
+    # axolotl's DPO ignores lora_model_dir's weights: the runner merges the parent into a
+    # base model inside the run and axolotl starts from that; provenance keeps the real base.
+    assert checked.stacks and checked.parent.ref == sft.ref
+    assert checked.config["base_model"] == str(lay.runs / "RUN" / policy.MERGED_DIR)
+    assert "lora_model_dir" not in checked.config
+    assert checked.repo_id == MODEL
+    prefs = resolve_dataset(lay, "prefs")
+    assert prefs.classification.name == "internal"
+    assert checked.classification.name == "secret"  # the highest of the parent's and the data's
+    assert checked.dataset_hashes == sorted({prefs.sha256, "0" * 64})
+
+    # SFT continuing an adapter keeps the base and decrypts the parent next to it instead.
+    sft_run = run_check(lay, with_(LORA_1B, lora_model_dir=f"adapter:{sft.ref}"), tmp_path)
+    assert not sft_run.stacks and sft_run.config["base_model"] == str(resolve_model(lay, MODEL).path)
+    assert sft_run.config["lora_model_dir"] == str(lay.runs / "RUN" / policy.PARENT_DIR)
+
+    # A stacked adapter's weights only mean something on its merged parent: SFT cannot
+    # continue it on the bare base, another DPO run may stack on it again.
+    dpo = _seal_stub(lay, tmp_path, "policy-dpo-stacked", "internal", stacks_on=sft)
+    assert dpo.stacks_on == {
+        "name": sft.name,
+        "version": sft.version,
+        "plaintext_sha256": sft.plaintext_sha256,
+    }
+    conf = with_(LORA_1B, lora_model_dir=f"adapter:{dpo.ref}")
+    one_refusal(lay, conf, tmp_path, "lora_model_dir", f"stacks on {sft.ref}")
+    assert run_check(lay, with_(DPO, lora_model_dir=f"adapter:{dpo.ref}"), tmp_path).stacks
 
 
 def test_dpo_needs_preference_data_and_sft_refuses_it(lay, tmp_path):

@@ -222,6 +222,98 @@ def test_sft_continues_a_sealed_adapter(prefix, tmp_path, sft_adapter):
     assert max(tuned[k].abs().max() for k in b_keys) > reach
 
 
+def test_dpo_after_sft_stacks_on_the_merged_sft_adapter(prefix, tmp_path, sft_adapter):
+    parent = json.loads(
+        run_enclave("adapters", "show", sft_adapter, "--prefix", str(prefix), "--json").stdout
+    )
+    before = runs(prefix)
+    run_yml = recipe(tmp_path, "dpo-tiny-cpu.yml", lora_model_dir=f"adapter:{sft_adapter}")
+    proc = run_enclave(
+        "train", str(run_yml), "--prefix", str(prefix), "--name", "prefs-on-sft", env=train_env()
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert f"merging {sft_adapter}@{parent['version']}" in proc.stderr
+    run_dir = new_run(prefix, before)
+    # axolotl started from the merged model inside the run; it went with the plaintext.
+    config = yaml.safe_load((run_dir / st.CONFIG).read_text())
+    assert config["base_model"] == str(run_dir / "merged-model") and "lora_model_dir" not in config
+    assert plaintext(run_dir) == [] and {p.name for p in run_dir.iterdir()} <= st.RECORD
+    assert "merged-model" in json.loads((run_dir / st.STATE).read_text())["removed"]
+
+    # Provenance: the ORIGINAL base, and the parent it stacks on (the exact plaintext).
+    stacked = {
+        "name": sft_adapter,
+        "version": parent["version"],
+        "plaintext_sha256": parent["plaintext_sha256"],
+    }
+    prov = json.loads((run_dir / st.PROVENANCE).read_text())
+    assert prov["base_model"] == f"{MODEL}@{MODEL_REV}" and prov["stacks_on"] == stacked
+    (child,) = [a for a in adapters(prefix) if a["name"] == "prefs-on-sft" and a["run_id"] == run_dir.name]
+    assert (child["base_model_id"], child["base_revision"]) == (MODEL, MODEL_REV)
+    assert child["stacks_on"] == stacked and child["classification"] == "internal"
+    assert set(parent["dataset_hashes"]) < set(child["dataset_hashes"])
+    show = run_enclave("adapters", "show", f"prefs-on-sft@{child['version']}", "--prefix", str(prefix))
+    assert show.returncode == 0 and f"name={sft_adapter}" in show.stdout, show.stderr
+
+    gen = run_enclave(
+        "generate", "Summarise ticket 3.", "--adapter", f"prefs-on-sft@{child['version']}",
+        "--max-new-tokens", "4", "--prefix", str(prefix),
+    )  # fmt: skip
+    assert gen.returncode == 0, gen.stderr[-3000:]
+    vllm = run_enclave(
+        "adapters", "export", f"prefs-on-sft@{child['version']}", "--for", "vllm", str(tmp_path / "vllm"),
+        "--prefix", str(prefix),
+    )  # fmt: skip
+    assert "vLLM would apply it to the bare base" in one_error_line(vllm, 2)
+    assert not (tmp_path / "vllm").exists()
+
+    # Generation applies the DPO adapter to the base with the SFT adapter merged in: the
+    # same model as stacking them by hand, and not the DPO adapter on the bare base.
+    import torch
+    from peft import PeftModel
+
+    from appliance.adapters import inference
+    from appliance.adapters import registry as reg
+
+    lay = Layout.at(prefix)
+    conn = reg.connect(lay)
+    try:
+        rec = reg.resolve(conn, f"prefs-on-sft@{child['version']}")
+        sft_rec = reg.resolve(conn, f"{sft_adapter}@{parent['version']}")
+    finally:
+        conn.close()
+    ids = torch.tensor([[1, 5, 9, 14, 3]])
+    model, _, _ = inference.load_peft_model(lay, rec)
+    with torch.no_grad():
+        got = model(input_ids=ids).logits
+        bare = inference._apply(inference._base(lay, rec, torch.float32)[0], lay, rec, None)
+        wrong = bare.eval()(input_ids=ids).logits
+        merged = inference.load_merged(lay, sft_rec)[0]
+        by_hand = inference._apply(merged, lay, rec, None).eval()(input_ids=ids).logits
+    assert isinstance(model, PeftModel)
+    assert torch.allclose(got, by_hand) and not torch.allclose(got, wrong)
+
+
+def test_crash_during_dpo_on_sft_leaves_no_merged_weights(prefix, tmp_path, sft_adapter):
+    before = runs(prefix)
+    run_yml = recipe(tmp_path, "dpo-tiny-cpu.yml", lora_model_dir=f"adapter:{sft_adapter}")
+    # Killed right after the merged model is written, before axolotl starts.
+    proc = run_enclave(
+        "train", str(run_yml), "--prefix", str(prefix), "--name", "crash-dpo-sft",
+        env=train_env(ENCLAVE_TRAIN_CRASH_AT="merging"),
+    )  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    run_dir = new_run(prefix, before)
+    assert json.loads((run_dir / st.STATE).read_text())["phase"] == "merging"
+    assert list((run_dir / "merged-model").glob("*.safetensors")), "the merged weights must be there to sweep"
+    done = {s.run_id: s for s in sweep(Layout.at(prefix))}
+    assert "merged-model" in done[run_dir.name].removed
+    assert plaintext(run_dir) == [] and {p.name for p in run_dir.iterdir()} <= st.RECORD
+    state = json.loads((run_dir / st.STATE).read_text())
+    assert (state["phase"], state["crashed_in"]) == ("crashed", "merging")
+    assert not [a for a in adapters(prefix) if a["name"] == "crash-dpo-sft"]
+
+
 # --- failures: one line, a record, no plaintext ------------------------------------------
 
 

@@ -4,7 +4,9 @@ The ciphertext is decrypted into a bytes object, the package unpacked in memory,
 weights parsed with `safetensors.torch.load(bytes)` and the LoRA config built from the JSON
 bytes; peft then wraps the pinned base model (from the installed, verified store) and gets
 the state dict. Nothing goes through a temp directory, so a crash, a core-dump-free kill
-or a full disk leaves no adapter behind.
+or a full disk leaves no adapter behind. An adapter that stacks on another (DPO after SFT)
+gets its parents merged into the base in memory first (`load_merged`), which is also how
+`enclave train` builds such a run's starting model.
 """
 
 from __future__ import annotations
@@ -63,17 +65,10 @@ def lora_config(config: dict[str, Any], where: str):
         raise InferenceError(f"{where}: not a usable LoRA config ({exc})") from None
 
 
-def load_peft_model(layout: Layout, rec: AdapterRecord, key: DataKey | None = None):
-    """(peft model in eval mode, tokenizer, base model path), adapter weights from memory only."""
-    _offline()
-    import torch
-    from peft import get_peft_model, set_peft_model_state_dict
+def _lora_in_memory(layout: Layout, rec: AdapterRecord, key: DataKey | None):
+    """(LoraConfig, state dict, where) of a sealed adapter, decrypted and parsed in memory."""
     from safetensors.torch import load as load_safetensors
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     files = load_plaintext(layout, rec, key)
     where = f"{rec.ref} ({rec.ciphertext_path(layout).name})"
     try:
@@ -85,14 +80,15 @@ def load_peft_model(layout: Layout, rec: AdapterRecord, key: DataKey | None = No
         ) from None
     finally:
         files.clear()
-    cfg = lora_config(config, where)
-    base_path = resolve_base_model(layout, rec.base_model_id, rec.base_revision)
-    try:
-        base = AutoModelForCausalLM.from_pretrained(base_path, local_files_only=True, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(base_path, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise InferenceError(f"{base_path}: the base model does not load ({exc})") from None
-    model = get_peft_model(base, cfg)
+    return lora_config(config, where), state, where
+
+
+def _apply(model, layout: Layout, rec: AdapterRecord, key: DataKey | None):
+    """`model` wrapped by peft with `rec`'s weights, every LoRA tensor accounted for."""
+    from peft import get_peft_model, set_peft_model_state_dict
+
+    cfg, state, where = _lora_in_memory(layout, rec, key)
+    model = get_peft_model(model, cfg)
     try:
         result = set_peft_model_state_dict(model, state)
     except RuntimeError as exc:
@@ -105,6 +101,68 @@ def load_peft_model(layout: Layout, rec: AdapterRecord, key: DataKey | None = No
             f"{where}: the weights do not fit {rec.base_model_id} "
             f"({len(unexpected)} unexpected, {len(missing)} missing, e.g. {what[0]})"
         )
+    return model
+
+
+def _base(layout: Layout, rec: AdapterRecord, dtype: Any):
+    _offline()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    base_path = resolve_base_model(layout, rec.base_model_id, rec.base_revision)
+    try:
+        base = AutoModelForCausalLM.from_pretrained(base_path, local_files_only=True, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(base_path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise InferenceError(f"{base_path}: the base model does not load ({exc})") from None
+    return base, tokenizer, base_path
+
+
+def _merge_chain(model, layout: Layout, chain: list[AdapterRecord], key: DataKey | None):
+    for parent in chain:
+        model = _apply(model, layout, parent, key).merge_and_unload()
+    return model
+
+
+def load_merged(layout: Layout, rec: AdapterRecord, key: DataKey | None = None, *, dtype: Any = None):
+    """(model, tokenizer, base model path): the pinned base with `rec` merged into its weights
+    (after the adapters it stacks on, root first), all in memory.
+
+    This is the starting point of a run that stacks a new adapter on `rec` (DPO after SFT).
+    `dtype` defaults to float32; "auto" keeps the checkpoint's own dtype (a large model)."""
+    import torch
+
+    from appliance.adapters.registry import connect, stack_of
+
+    conn = connect(layout)
+    try:
+        chain = [*stack_of(conn, rec), rec]
+    finally:
+        conn.close()
+    base, tokenizer, base_path = _base(layout, rec, dtype or torch.float32)
+    return _merge_chain(base, layout, chain, key), tokenizer, base_path
+
+
+def load_peft_model(layout: Layout, rec: AdapterRecord, key: DataKey | None = None):
+    """(peft model in eval mode, tokenizer, base model path), adapter weights from memory only.
+
+    An adapter trained on a merged parent (DPO after SFT) gets that parent chain merged into
+    the base first, as in training: applied to the bare base its weights would be wrong."""
+    import torch
+
+    from appliance.adapters.registry import connect, stack_of
+
+    chain: list[AdapterRecord] = []
+    if rec.stacks_on:
+        conn = connect(layout)
+        try:
+            chain = stack_of(conn, rec)
+        finally:
+            conn.close()
+    base, tokenizer, base_path = _base(layout, rec, torch.float32)
+    model = _apply(_merge_chain(base, layout, chain, key), layout, rec, key)
     model.eval()
     return model, tokenizer, base_path
 

@@ -380,10 +380,11 @@ def stack_of(conn: sqlite3.Connection, rec: AdapterRecord) -> list[AdapterRecord
     while child.stacks_on:
         want = child.stacks_on
         parent = get(conn, want["name"], want["version"])
-        if parent.plaintext_sha256 != want.get("plaintext_sha256"):
+        recorded = str(want.get("plaintext_sha256"))
+        if parent.plaintext_sha256 != recorded:
             raise TamperedCiphertext(
                 f"{child.ref}: its parent {parent.ref} is not the adapter it was trained on "
-                f"(plaintext sha256 {parent.plaintext_sha256[:12]}, recorded {str(want.get('plaintext_sha256'))[:12]})"
+                f"(plaintext sha256 {parent.plaintext_sha256[:12]}, recorded {recorded[:12]})"
             )
         if parent.ref in seen:
             raise TamperedCiphertext(f"{child.ref}: its parents form a loop at {parent.ref}")

@@ -188,6 +188,14 @@ def export_for_vllm(layout: Layout, rec: AdapterRecord, out: Path, key: DataKey 
     """Plaintext adapter_config.json + adapter_model.safetensors for vLLM's --lora-modules."""
     from appliance.adapters.registry import load_plaintext
 
+    if rec.stacks_on:
+        # vLLM applies a LoRA to the bare base model: this one's weights need its parent merged in.
+        parent = f"{rec.stacks_on['name']}@{rec.stacks_on['version']}"
+        raise UsageError(
+            f"--for vllm: {rec.ref} stacks on {parent} (trained on the base with it merged); "
+            "vLLM would apply it to the bare base model, so it is not exported for vLLM"
+        )
+
     files = load_plaintext(layout, rec, key)
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     written = []

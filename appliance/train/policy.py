@@ -61,10 +61,13 @@ COMET_OK_MODES = {"disabled", "offline"}
 ONLINE_PLUGINS = ("swanlab", "hatchery", "nemo_gym")
 
 # Resuming or starting from a directory would read plaintext weights from outside the run.
-# An SFT run may continue a sealed adapter instead: `lora_model_dir: adapter:REF`.
+# A run may start from a sealed adapter instead: `lora_model_dir: adapter:REF`. SFT continues
+# it; an rl run (DPO) trains a fresh adapter on the base with it merged in.
 FOREIGN_WEIGHTS_KEYS = ("resume_from_checkpoint", "lora_model_dir")
 SEALED_PREFIX = "adapter:"
 PARENT_DIR = "parent-adapter"
+# The base model with the parent adapter merged in (plaintext derived weights, removed with the run).
+MERGED_DIR = "merged-model"
 
 ADAPTERS = ("lora", "qlora")
 
@@ -115,6 +118,12 @@ class CheckedRun:
     def rl(self) -> str | None:
         rl = self.config.get("rl")
         return str(rl) if rl else None
+
+    @property
+    def stacks(self) -> bool:
+        """The run trains on the base with the parent merged in (axolotl's rl runs build a
+        fresh adapter from the config and never load `lora_model_dir`'s weights)."""
+        return self.parent is not None and self.rl is not None
 
     def render(self) -> str:
         return render_config(self.config)
@@ -218,7 +227,10 @@ def check(
     conf.pop("revision_of_model", None)
     conf["output_dir"] = str(run_dir / OUTPUT_DIR)
     conf["dataset_prepared_path"] = str(run_dir / PREPARED_DIR)
-    if parent is not None:
+    if parent is not None and _set(conf.get("rl")):
+        conf["base_model"] = str(run_dir / MERGED_DIR)
+        conf.pop("lora_model_dir")
+    elif parent is not None:
         conf["lora_model_dir"] = str(run_dir / PARENT_DIR)
     # Safetensors only: nothing the sealer has to unpickle, one file name to sweep for.
     conf["save_safetensors"] = True
@@ -234,10 +246,12 @@ def check(
 
 
 def _check_parent(layout: Layout, conf: dict, model: tuple | None, cfg: EnclaveConfig, refuse: _Refusals):
-    """`lora_model_dir: adapter:NAME[@VERSION]`: continue a sealed adapter of the same base model.
+    """`lora_model_dir: adapter:NAME[@VERSION]`: start from a sealed adapter of the same base model.
 
-    The runner decrypts it into the run directory (on the encrypted volume, removed with the
-    run's other plaintext); its datasets and classification pass on to the new adapter.
+    SFT continues it: the runner decrypts it into the run directory. An rl run (DPO after SFT)
+    trains a fresh adapter on the base with it merged in: the runner merges it in memory and
+    saves the merged model into the run directory. Either copy is on the encrypted volume and
+    removed with the run's other plaintext; its datasets and classification pass on.
     """
     value = conf.get("lora_model_dir")
     if not isinstance(value, str) or not value.startswith(SEALED_PREFIX):
@@ -245,14 +259,6 @@ def _check_parent(layout: Layout, conf: dict, model: tuple | None, cfg: EnclaveC
     from appliance.adapters import registry as reg
 
     ref = value[len(SEALED_PREFIX) :]
-    if _set(conf.get("rl")):
-        # axolotl 0.19 builds the DPO/IPO/KTO policy and reference from the adapter's config
-        # alone (config_only): the weights would be silently ignored.
-        refuse.add(
-            "lora_model_dir",
-            f"rl: {conf['rl']} starts a fresh adapter in axolotl 0.19 (only SFT continues one)",
-        )
-        return None
     try:
         conn = reg.connect(layout)
         try:
@@ -273,6 +279,14 @@ def _check_parent(layout: Layout, conf: dict, model: tuple | None, cfg: EnclaveC
         return None
     if rec.stage == "retired":
         refuse.add("lora_model_dir", f"{rec.ref} is retired")
+        return None
+    if rec.stacks_on and not _set(conf.get("rl")):
+        # Its weights only mean something on the base with its parent merged in.
+        refuse.add(
+            "lora_model_dir",
+            f"{rec.ref} stacks on {rec.stacks_on['name']}@{rec.stacks_on['version']}; "
+            "SFT can only continue an adapter trained on the base model itself",
+        )
         return None
     return rec
 

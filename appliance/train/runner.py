@@ -284,7 +284,7 @@ def train(
     echo: IO[bytes] | None = None,
     say: Callable[[str], None] = lambda _m: None,
 ) -> RunResult:
-    from appliance.adapters.registry import adapters_key, seal_adapter
+    from appliance.adapters.registry import adapters_key, parent_ref, seal_adapter
 
     for s in sweep(layout):
         say(f"swept {s.run_id} (was {s.phase}): removed {len(s.removed)} plaintext entries")
@@ -313,7 +313,19 @@ def train(
     config_path = run_dir / st.CONFIG
     config_text = checked.render()
     atomic_write_text(config_path, config_text, 0o600)
-    if checked.parent is not None:
+    if checked.stacks:
+        st.write_state(run_dir, state, phase="merging")
+        say(f"merging {checked.parent.ref} into {checked.repo_id}@{checked.revision[:12]}")
+        try:
+            _merge_parent(layout, checked.parent, run_dir / policy.MERGED_DIR, key)
+        except Exception as exc:  # the partial merge is plaintext: removed before the error
+            why = exc.message if isinstance(exc, EnclaveError) else f"{type(exc).__name__}: {exc}"
+            _fail(run_dir, state, Metrics(), f"merge failed: {why}")
+            raise TrainingFailed(
+                f"{yaml_path}: lora_model_dir: {checked.parent.ref} could not be merged into the base ({why})"
+            ) from None
+        _crash_point("merging")
+    elif checked.parent is not None:
         _unseal_parent(layout, checked.parent, run_dir / policy.PARENT_DIR, key)
     cmd = [*iso.argv, *trainer_command(env, config_path, gpus)]
     started = st.now()
@@ -336,6 +348,8 @@ def train(
         "config_hash": checked.config_hash,
         "rl": checked.rl,
         "parent_adapter": checked.parent.ref if checked.parent is not None else None,
+        # DPO after SFT: the new adapter applies to the base with the parent merged in.
+        "stacks_on": parent_ref(checked.parent) if checked.stacks else None,
         "frameworks": frameworks,
         "trainer": env.origin,
         "network_isolation": iso.how,
@@ -405,6 +419,7 @@ def train(
             eval_loss=metrics.eval_loss,
             frameworks=frameworks,
             key=key,
+            stacks_on=checked.parent if checked.stacks else None,
         )
     except Exception as exc:  # whatever broke, the plaintext goes before the error is reported
         why = exc.message if isinstance(exc, EnclaveError) else f"{type(exc).__name__}: {exc}"
@@ -442,6 +457,25 @@ def _unseal_parent(layout: Layout, rec: Any, dest: Path, key: Any) -> None:
     dest.mkdir(mode=0o700)
     for name, data in files.items():
         atomic_write_bytes(dest / name, data, 0o600)
+
+
+def _merge_parent(layout: Layout, rec: Any, dest: Path, key: Any) -> None:
+    """The base model with the sealed parent merged in, saved for axolotl to load as base_model.
+
+    The adapter is decrypted and merged in memory (appliance.adapters.inference); only the
+    merged model is written, in the checkpoint's own dtype, inside the run directory (on the
+    encrypted volume), and it goes with the run's other plaintext.
+    """
+    import gc
+
+    from appliance.adapters.inference import load_merged
+
+    model, tokenizer, _ = load_merged(layout, rec, key, dtype="auto")
+    dest.mkdir(mode=0o700)
+    model.save_pretrained(dest, safe_serialization=True)
+    tokenizer.save_pretrained(dest)
+    del model
+    gc.collect()
 
 
 def _fail(run_dir: Path, state: dict, metrics: Metrics, why: str) -> None:

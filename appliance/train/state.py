@@ -1,6 +1,7 @@
 """A run's state file, PREFIX/runs/RUN_ID/state.json: the phase a run reached and who owns it.
 
-The phases (training, trained, sealing, sealed, cleaned; or failed, crashed) are what lets a
+The phases (merging, for a run that stacks on a sealed adapter; training, trained, sealing,
+sealed, cleaned; or failed, crashed) are what lets a
 sweeper started later, by another process, decide what a dead run left behind without
 trusting anything else in the directory. Ownership is a pid plus the kernel's start time
 of that pid, so a recycled pid is never mistaken for a live run.
@@ -28,7 +29,7 @@ PROVENANCE = "provenance.json"
 # else a trainer wrote (weights, checkpoints, tokenized data, caches) is plaintext to remove.
 RECORD = frozenset({STATE, CONFIG, SOURCE, LOG, METRICS, REPORT, PROVENANCE})
 
-ACTIVE = ("starting", "training", "trained", "sealing", "sealed")
+ACTIVE = ("starting", "merging", "training", "trained", "sealing", "sealed")
 FINAL = ("cleaned", "failed", "crashed")
 
 

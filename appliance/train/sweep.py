@@ -1,9 +1,10 @@
 """Remove the plaintext that dead runs left behind.
 
 A run that is killed (power cut, SIGKILL, OOM) cannot clean up after itself, and what it
-leaves is the sensitive part: adapter weights, checkpoints, tokenized training data and
-dataset caches. `enclave train` calls `sweep` before it starts anything, and the queue
-daemon can call it on its own schedule. The rule is an allow-list: a finished or dead run
+leaves is the sensitive part: adapter weights, checkpoints, a decrypted parent adapter or a
+base model with one merged in (DPO after SFT), tokenized training data and dataset caches.
+`enclave train` calls `sweep` before it starts anything, and the queue daemon can call it on
+its own schedule. The rule is an allow-list: a finished or dead run
 directory keeps only its record (state, configs, log, metrics, report), so a file name a
 future axolotl invents is removed too. Live runs (owner process still there) are left alone.
 """
