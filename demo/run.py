@@ -247,6 +247,10 @@ def adapters(d: Demo) -> None:
 @step("Generate with the adapter, decrypted into memory only")
 def generate(d: Demo) -> None:
     d.operator("generate", "--adapter", ADAPTER, "--max-new-tokens", "16", "Summarise the ticket:")
+    console.print(
+        "[dim](the tiny model is random weights trained for 3 steps, so the text is noise: what the "
+        "step shows is the adapter decrypted into memory on its pinned base model)[/]"
+    )
 
 
 def main() -> int:
