@@ -8,6 +8,7 @@ from typing import Annotated
 import click
 import typer
 from click.core import ParameterSource
+from rich.text import Text
 
 from appliance.cli.app import JsonOpt, PrefixOpt, app, emit_json, err, layout, out
 from appliance.errors import UsageError
@@ -70,8 +71,9 @@ def install_cmd(
             emit_json(summary.as_dict())
         else:
             for h in summary.hosts:
-                mark = "[green]ok[/]" if h.ok else "[bold red]FAILED[/]"
-                out.print(f"{h.name:<20} {mark}  {h.message}", soft_wrap=True)
+                mark = ("ok", "green") if h.ok else ("FAILED", "bold red")
+                # Host names and ansible's messages are data: never read as rich markup.
+                out.print(Text.assemble(f"{h.name:<20} ", mark, f"  {h.message}"), soft_wrap=True)
         summary.raise_for_failures()
         return
 
