@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup system-deps demo test bench lint clean
 
 setup: $(VENV)/.setup-done
 
@@ -21,7 +21,12 @@ $(VENV)/.setup-done: pyproject.toml
 demo: setup
 	$(BIN)/python demo/run.py
 
-test: setup
+# As root on Debian, the packages the tests drive for real are installed first (nothing when
+# present); otherwise one line says what is missing and those tests skip with the reason.
+system-deps:
+	@bash devtools/system-deps.sh
+
+test: setup system-deps
 	$(BIN)/pytest -q
 
 # The CPU benchmarks, each against its baseline in the same run (bench/README.md); the PII one
