@@ -5,11 +5,13 @@ engineer's script can tell a tampered file from an expired bundle without parsin
 Codes are stable across releases; the README's table is generated from `EXIT_CODES`.
 
 Ranges: 10-29 bundle and verification, 30-39 install, 40-49 data, 50-59 training
-policy and runs, 60-69 adapters and encryption, 70-79 provisioning.
+policy and runs, 60-69 adapters and encryption, 70-79 provisioning, 80-89 evaluation and
+the promotion gate.
 """
 
 from __future__ import annotations
 
+import os
 from typing import ClassVar
 
 EXIT_CODES: dict[int, type[EnclaveError]] = {}
@@ -48,6 +50,44 @@ class UsageError(EnclaveError):
 class ConfigError(EnclaveError):
     exit_code = 3
     summary = "bad configuration under the prefix or /etc/enclave"
+
+
+class HostFileError(EnclaveError):
+    exit_code = 4
+    summary = "a file or directory on this host could not be read or written (names it and why)"
+
+
+def os_error_message(exc: OSError, what: str, path: os.PathLike | str | None = None) -> str:
+    """`PATH: WHAT: REASON` for an OSError, so ENOTDIR, EROFS, ENOSPC and EACCES read as one line.
+
+    A write to a full disk raises with no file name; `path` is the caller's best knowledge
+    of where it was writing. ENOTDIR names the component that is not a directory.
+    """
+    where = exc.filename if exc.filename is not None else path
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if isinstance(exc, NotADirectoryError) and where is not None:
+        blocker = not_a_directory(where)
+        if blocker is not None:
+            reason = f"{blocker} is not a directory"
+    if exc.filename2 is not None:
+        where = f"{where} -> {exc.filename2}"
+    return f"{where}: {what}: {reason}" if where is not None else f"{what}: {reason}"
+
+
+def not_a_directory(path: os.PathLike | str | bytes) -> str | None:
+    """The deepest existing component of `path` (itself included) that is not a directory.
+
+    Path.exists() answers False under a regular file (ENOTDIR is swallowed), and
+    mkdir(exist_ok=True) over one says only "File exists": this names the file in the way.
+    """
+    probe = os.path.abspath(os.fsdecode(path))
+    while True:
+        if os.path.lexists(probe):
+            return None if os.path.isdir(probe) else probe
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return None
+        probe = parent
 
 
 # --- bundle and verification: 10-29 -------------------------------------------------

@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.errors import ConfigError, not_a_directory
+
 DEFAULT_PREFIX = Path("/opt/enclave")
 DEFAULT_ETC = Path("/etc/enclave")
 
@@ -26,8 +28,20 @@ class Layout:
 
     @classmethod
     def at(cls, prefix: Path | str | None = None) -> Layout:
-        """Absolute from here on: subprocesses (uv, axolotl) run in other working directories."""
-        return cls((Path(prefix) if prefix is not None else default_prefix()).absolute())
+        """Absolute from here on: subprocesses (uv, axolotl) run in other working directories.
+
+        A prefix that is a regular file (or lies under one) is refused here, by name, rather
+        than as whichever ENOTDIR or "File exists" the first command to touch it would hit.
+        """
+        path = (Path(prefix) if prefix is not None else default_prefix()).absolute()
+        if (blocker := not_a_directory(path)) is not None:
+            what = (
+                "is not a directory"
+                if blocker == str(path)
+                else f"lies under {blocker}, which is not a directory"
+            )
+            raise ConfigError(f"{path}: --prefix (or ENCLAVE_PREFIX) {what}", path=str(path))
+        return cls(path)
 
     @property
     def etc(self) -> Path:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+from appliance.errors import HostFileError
 from appliance.paths import Layout
 
 _META = """
@@ -27,14 +28,24 @@ CREATE TABLE IF NOT EXISTS schema_versions (
 
 
 def connect(layout: Layout | Path) -> sqlite3.Connection:
+    """The registry, created on first use; a prefix that is read-only or full is one line
+    naming the file (sqlite's own "unable to open database file" names nothing)."""
     path = layout.registry if isinstance(layout, Layout) else Path(layout)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.executescript(_META)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+    except (OSError, sqlite3.Error) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise HostFileError(f"{path}: cannot open the registry: {reason}", path=str(path)) from None
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.executescript(_META)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise HostFileError(f"{path}: cannot open the registry: {exc}", path=str(path)) from None
     return conn
 
 

@@ -13,7 +13,7 @@ from appliance.crypto import aead
 from appliance.crypto.errors import WrongKey
 from appliance.crypto.keys import DataKey, generate_key_file
 from appliance.data import erase, intake, store, vault
-from appliance.data.errors import DatasetErased, UnknownPlaceholder, VaultLocked
+from appliance.data.errors import DataError, DatasetErased, UnknownPlaceholder, VaultLocked
 from appliance.data.reveal import reveal
 from appliance.paths import Layout
 from tests.conftest import run_enclave
@@ -212,7 +212,7 @@ def test_a_failed_registration_leaves_no_vault_or_dataset(layout, raw, monkeypat
         raise sqlite3.OperationalError("disk I/O error")
 
     monkeypatch.setattr(store, "insert", boom)
-    with pytest.raises(sqlite3.OperationalError):
+    with pytest.raises(DataError, match=r"registry\.db: cannot register dataset .*disk I/O error"):
         add(layout, raw)
     assert list(layout.datasets.iterdir()) == []
     assert list(vault.vault_root(layout).iterdir()) == []

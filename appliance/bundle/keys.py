@@ -18,7 +18,7 @@ from typing import TypeVar
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from appliance.errors import KeyError_, UsageError
+from appliance.errors import KeyError_, UsageError, not_a_directory
 from appliance.fsutil import atomic_write_bytes
 
 PASSPHRASE_ENV = "ENCLAVE_KEY_PASSPHRASE"
@@ -50,6 +50,8 @@ def generate_keypair(private_path: Path | str, public_path: Path | str, passphra
     if private_path.resolve() == public_path.resolve():
         raise UsageError(f"{private_path}: the private and public key paths must differ")
     for p in (private_path, public_path):
+        if (blocker := not_a_directory(p.parent)) is not None:
+            raise UsageError(f"{p}: cannot write the key: {blocker} is not a directory", path=str(p))
         if p.exists() or p.is_symlink():
             raise UsageError(f"{p}: already exists; refusing to overwrite a key")
     key = ec.generate_private_key(ec.SECP256R1())
@@ -61,8 +63,19 @@ def generate_keypair(private_path: Path | str, public_path: Path | str, passphra
     private_bytes = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
     )
-    atomic_write_bytes(private_path, private_bytes, perms=0o600)
-    atomic_write_bytes(public_path, public_pem(key.public_key()), perms=0o644)
+    written: list[Path] = []
+    try:
+        for path, data, perms in (
+            (private_path, private_bytes, 0o600),
+            (public_path, public_pem(key.public_key()), 0o644),
+        ):
+            atomic_write_bytes(path, data, perms=perms)
+            written.append(path)
+    except OSError as exc:
+        # A read-only or full disk: no half pair is left for the next attempt to trip over.
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise UsageError(f"{path}: cannot write the key: {exc.strerror or exc}", path=str(path)) from None
     return fingerprint(key.public_key())
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from appliance.errors import EnclaveError
+from appliance.errors import EnclaveError, HostFileError, os_error_message
 
 # Command modules attach themselves to the apps in `app.py` when imported.
 COMMAND_MODULES = (
@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "appliance.cli.data",
     "appliance.cli.train",
     "appliance.cli.adapters",
+    "appliance.cli.eval",
     "appliance.cli.datakey",
     "appliance.cli.queue",
     "appliance.cli.misc",
@@ -52,6 +53,11 @@ def run(app_factory=None) -> int:
     except KeyboardInterrupt:
         err.print("[bold red]error:[/] interrupted")
         return 130
+    except OSError as exc:
+        # The last line of defence: an OSError no command turned into its own typed error
+        # (ENOTDIR, EROFS, ENOSPC, EACCES) is still one line naming the path and the command.
+        err.print(Text.assemble(("error: ", "bold red"), os_error_message(exc, _command())), soft_wrap=True)
+        return HostFileError.exit_code
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
     except Exception as exc:
@@ -64,6 +70,15 @@ def run(app_factory=None) -> int:
             return 1
         raise
     return 0
+
+
+def _command() -> str:
+    """`enclave data add` from argv: the command an error line names when nothing else can."""
+    from appliance.cli.app import app
+
+    groups = {g.name for g in app.registered_groups}
+    words = [a for a in sys.argv[1:] if not a.startswith("-")]
+    return " ".join(["enclave", *(words[:2] if words and words[0] in groups else words[:1])])
 
 
 def main() -> None:

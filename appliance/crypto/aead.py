@@ -252,13 +252,28 @@ def encrypt_file(
 ) -> tuple[str, int]:
     """Encrypt a file atomically, and check the ciphertext decrypts to the same plaintext
     before it replaces dst; returns (sha256 hex, size) of the plaintext."""
-    with open(src_path, "rb") as src, atomic_open(dst_path, "w+b", perms) as dst:
+    with open(src_path, "rb") as src:
+        return _encrypt_checked(src, dst_path, key, chunk_size, perms, str(src_path))
+
+
+def encrypt_bytes_to_file(
+    data: bytes, dst_path: Path | str, key: DataKey, *, chunk_size: int = DEFAULT_CHUNK, perms: int = 0o600
+) -> tuple[str, int]:
+    """`encrypt_file` for plaintext already in memory: a caller that hashed these exact bytes
+    seals the same bytes, with no second read of a source that may have changed (or was a pipe)."""
+    return _encrypt_checked(io.BytesIO(data), dst_path, key, chunk_size, perms, "the plaintext")
+
+
+def _encrypt_checked(
+    src: BinaryIO, dst_path: Path | str, key: DataKey, chunk_size: int, perms: int, what: str
+) -> tuple[str, int]:
+    with atomic_open(dst_path, "w+b", perms) as dst:
         digest, size = encrypt_stream(src, dst, key, chunk_size=chunk_size)
         dst.flush()
         dst.seek(0)
         check, check_size = decrypt_stream(dst, _Sink(), key, name=str(dst_path))  # type: ignore[arg-type]
         if (check, check_size) != (digest, size):
-            raise TamperedCiphertext(f"{dst_path}: the ciphertext does not decrypt to {src_path}")
+            raise TamperedCiphertext(f"{dst_path}: the ciphertext does not decrypt to {what}")
     return digest, size
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from appliance.data.errors import DataError
 
@@ -66,26 +66,46 @@ def parse_line(raw: bytes) -> dict[str, Any]:
     return value
 
 
+def _open_source(path: Path) -> BinaryIO:
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file", path=str(path)) from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, expected a JSONL file", path=str(path)) from None
+    except PermissionError:
+        raise DataError(f"{path}: permission denied", path=str(path)) from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})", path=str(path)) from None
+
+
+def read_source(path: Path) -> bytes:
+    """A raw export's bytes, read once: a pipe or `<(cmd)` yields them only once, and what
+    is hashed, scrubbed and sealed in the vault must be the same bytes."""
+    with _open_source(path) as fh:
+        try:
+            return fh.read()
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read ({exc.strerror or exc})", path=str(path)) from None
+
+
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
     """Yield (line number, row, None) or (line number, None, reason); blank lines skipped.
 
     Errors are yielded rather than raised so the caller can report every bad row at once.
     """
-    try:
-        fh = open(path, "rb")  # noqa: SIM115
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, expected a JSONL file") from None
-    except PermissionError:
-        raise DataError(f"{path}: permission denied") from None
-    with fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            if not raw.strip():
-                continue
-            try:
-                yield lineno, parse_line(raw), None
-            except _RowError as exc:
-                yield lineno, None, str(exc)
+    with _open_source(path) as fh:
+        yield from parse_jsonl(fh)
+
+
+def parse_jsonl(lines: Iterable[bytes]) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    """`read_jsonl` over lines already at hand (an open file, or io.BytesIO of read_source)."""
+    for lineno, raw in enumerate(lines, start=1):
+        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        if not raw.strip():
+            continue
+        try:
+            yield lineno, parse_line(raw), None
+        except _RowError as exc:
+            yield lineno, None, str(exc)

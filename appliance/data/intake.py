@@ -8,8 +8,11 @@ complete dataset is renamed into place and recorded. A refused file changes noth
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import json
 import shutil
+import sqlite3
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +24,12 @@ from appliance.crypto.keys import DataKey
 from appliance.data import schema as schemas
 from appliance.data import split as splitting
 from appliance.data import store, vault
-from appliance.data.canonical import canonical_line, read_jsonl
+from appliance.data.canonical import canonical_line, parse_jsonl, read_jsonl, read_source
 from appliance.data.errors import DataError, DataSchemaError, SplitError
 from appliance.data.pii import names
 from appliance.data.pii.analyzer import Analyzer
 from appliance.data.scrub import Scrubber
+from appliance.errors import HostFileError, os_error_message
 from appliance.fsutil import atomic_write_text, sha256_file
 from appliance.paths import Layout
 
@@ -39,6 +43,7 @@ class Raw:
     schema: str
     rows: list[dict[str, Any]]
     lines: list[int]
+    data: bytes  # the export as read, once: hashed, parsed and sealed in the vault as is
 
 
 def _fail(cls: type[DataError], path: Path, problems: list[tuple[int, str]]) -> None:
@@ -58,7 +63,8 @@ def load_raw(path: Path, schema: str | None = None, split_by: str | None = None)
     not_json: list[tuple[int, str]] = []
     bad_schema: list[tuple[int, str]] = []
     no_group: list[tuple[int, str]] = []
-    for lineno, row, why in read_jsonl(path):
+    data = read_source(path)
+    for lineno, row, why in parse_jsonl(io.BytesIO(data)):
         if row is None:
             not_json.append((lineno, why or "unreadable"))
             continue
@@ -85,9 +91,8 @@ def load_raw(path: Path, schema: str | None = None, split_by: str | None = None)
         _fail(cls, path, problems)
     if not rows:
         raise DataError(f"{path}: no rows (an empty file or only blank lines)", path=str(path))
-    digest, _ = sha256_file(path)
     assert schema is not None
-    return Raw(path, digest, schema, rows, lines)
+    return Raw(path, hashlib.sha256(data).hexdigest(), schema, rows, lines, data)
 
 
 @dataclass
@@ -159,7 +164,12 @@ def add(
             keys = [splitting.group_key(r, split_by) or "" for r in raw.rows]
         else:
             keys = [str(i) for i in range(len(raw.rows))]  # each row its own group
-        p = splitting.plan(keys, fraction, seed, split_by or "row")
+        try:
+            p = splitting.plan(keys, fraction, seed, split_by or "row")
+        except SplitError as exc:
+            opts = f"--eval-fraction {fraction}" + (f" --split-by {split_by}" if split_by else "")
+            why = exc.message if exc.message.startswith(opts.split()[0]) else f"{opts}: {exc.message}"
+            raise SplitError(f"{raw.path}: {why}", path=str(raw.path)) from None
         is_eval = [p.is_eval(k) for k in keys]
         split_info = {
             "by": split_by,
@@ -181,6 +191,34 @@ def add(
         scrub_info = scrubber.report()
         mapping = scrubber.mapping()
 
+    try:
+        return _store(layout, raw, rows, is_eval, name, classification, split_info, scrub_info, mapping, kek)
+    except OSError as exc:
+        # A read-only prefix, a full disk: one line, and _store left nothing half-written.
+        what = f"cannot store dataset {name!r} (nothing was registered)"
+        raise DataError(os_error_message(exc, what, layout.prefix), path=exc.filename) from None
+    except (sqlite3.Error, HostFileError) as exc:
+        raise DataError(
+            f"{layout.registry}: cannot register dataset {name!r} ({exc}); nothing was registered",
+            path=str(layout.registry),
+        ) from None
+
+
+def _store(
+    layout: Layout,
+    raw: Raw,
+    rows: list[dict[str, Any]],
+    is_eval: list[bool],
+    name: str,
+    classification: Classification,
+    split_info: dict[str, Any] | None,
+    scrub_info: dict[str, Any] | None,
+    mapping: dict[str, list[str]],
+    kek: DataKey,
+) -> AddResult:
+    """Stage the files, then move them in, seal the vault and insert the row in one
+    transaction; if any of it fails (the commit included) the dataset directory and the
+    vault entry are removed again, so only a registered dataset has files."""
     layout.datasets.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=layout.datasets))
     try:
@@ -215,39 +253,42 @@ def add(
             "added_by": store.who(),
         }
         atomic_write_text(staging / store.CARD, json.dumps(card, indent=2, sort_keys=True) + "\n")
-        with contextlib.closing(store.connect(layout)) as conn, registry.transaction(conn):
-            existing = store.check_free(conn, name, sha, classification)
-            if existing is not None:
-                return AddResult(store.record_from_row(layout, existing), already=True)
-            store.install_dir(staging, store.dataset_dir(layout, sha))
-            try:
-                vault.create(layout, sha, raw.path, mapping, kek)
-                digest, _ = sha256_file(raw.path)
-                if digest != raw.sha256:
-                    raise DataError(f"{raw.path}: the file changed while it was being added; add it again")
-                store.insert(
-                    conn,
-                    {
-                        "sha256": sha,
-                        "name": name,
-                        "schema": raw.schema,
-                        "classification": classification.name,
-                        "rows": len(rows),
-                        "train_rows": n_train,
-                        "eval_rows": n_eval,
-                        "split_json": json.dumps(split_info) if split_info else None,
-                        "scrub_json": json.dumps(scrub_info) if scrub_info else None,
-                        "source_name": raw.path.name,
-                        "source_sha256": raw.sha256,
-                        "created": created,
-                        "added_by": card["added_by"],
-                    },
-                )
-            except BaseException:
-                vault.destroy(vault.vault_dir(layout, sha))
+        placed = False
+        try:
+            with contextlib.closing(store.connect(layout)) as conn:
+                with registry.transaction(conn):
+                    existing = store.check_free(conn, name, sha, classification)
+                    if existing is not None:
+                        return AddResult(store.record_from_row(layout, existing), already=True)
+                    placed = True
+                    store.install_dir(staging, store.dataset_dir(layout, sha))
+                    vault.create(layout, sha, raw.data, mapping, kek)
+                    store.insert(
+                        conn,
+                        {
+                            "sha256": sha,
+                            "name": name,
+                            "schema": raw.schema,
+                            "classification": classification.name,
+                            "rows": len(rows),
+                            "train_rows": n_train,
+                            "eval_rows": n_eval,
+                            "split_json": json.dumps(split_info) if split_info else None,
+                            "scrub_json": json.dumps(scrub_info) if scrub_info else None,
+                            "source_name": raw.path.name,
+                            "source_sha256": raw.sha256,
+                            "created": created,
+                            "added_by": card["added_by"],
+                        },
+                    )
+                placed = False  # committed: the files now belong to a registered dataset
+                rec = store.find(layout, sha, conn)
+        except BaseException:
+            if placed:
+                with contextlib.suppress(OSError):
+                    vault.destroy(vault.vault_dir(layout, sha))
                 shutil.rmtree(store.dataset_dir(layout, sha), ignore_errors=True)
-                raise
-            rec = store.find(layout, sha, conn)
+            raise
         return AddResult(rec, already=False)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -56,6 +56,8 @@ def plan(keys: list[str], eval_fraction: float, seed: int, field: str = "split f
     n = len(keys)
     counts = Counter(keys)
     if len(counts) < 2:
+        if field == "row":  # each row its own group: too few rows, not too few values
+            raise SplitError(f"{n} row(s); at least two are needed to hold one out of training")
         raise SplitError(
             f"split by {field}: {len(counts)} distinct value(s) in {n} rows; "
             "at least two groups are needed to keep one out of training"

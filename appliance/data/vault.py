@@ -50,8 +50,12 @@ def enclave_key(layout: Layout, key_file: Path | None = None) -> DataKey:
         raise VaultLocked(f"the vault needs the enclave data key: {exc.message}") from None
 
 
-def create(layout: Layout, sha256: str, raw_path: Path, mapping: dict[str, list[str]], kek: DataKey) -> Path:
-    """Write key, raw copy and mapping for a new dataset (mode 0600 in a 0700 directory)."""
+def create(layout: Layout, sha256: str, raw: bytes, mapping: dict[str, list[str]], kek: DataKey) -> Path:
+    """Write key, raw copy and mapping for a new dataset (mode 0600 in a 0700 directory).
+
+    `raw` is the export's bytes as intake read, hashed and parsed them: the vault seals
+    exactly those, never a second read of a file that may have changed or was a pipe.
+    """
     root = vault_root(layout)
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o700)
@@ -61,7 +65,7 @@ def create(layout: Layout, sha256: str, raw_path: Path, mapping: dict[str, list[
     d.mkdir(mode=0o700)
     dek = DataKey.random(source=f"the key of dataset {sha256[:12]}")
     atomic_write_bytes(d / KEY, wrap_key(kek, dek), perms=0o600)
-    aead.encrypt_file(raw_path, d / RAW, dek.derive(PURPOSE_RAW))
+    aead.encrypt_bytes_to_file(raw, d / RAW, dek.derive(PURPOSE_RAW))
     doc = json.dumps({"version": 1, "dataset": sha256, "placeholders": mapping}, ensure_ascii=False)
     atomic_write_bytes(
         d / MAPPING, aead.encrypt_bytes(doc.encode(), dek.derive(PURPOSE_MAPPING)), perms=0o600
