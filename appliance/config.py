@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -49,6 +50,9 @@ class EnclaveConfig(BaseModel):
     ner_model: str | None = None
     """spaCy pipeline that finds names in `enclave data add` (a directory, e.g. a model from the
     bundle, or an installed package name). Unset: names are found by patterns only."""
+    train_scratch: Literal["auto", "volume"] = "auto"
+    """Where a run's scratch (checkpoints, caches, the unsealed adapter) goes: `auto` puts it on
+    a tmpfs when it fits (appliance.train.scratch), `volume` always in the run directory."""
 
     @property
     def ceiling(self) -> Classification:

@@ -3,9 +3,10 @@
 `seal_adapter` is the one way an adapter enters the enclave after a run: the plaintext is
 packed in memory, encrypted under the adapters key, checked to decrypt to the same bytes,
 written content-addressed as PREFIX/adapters/<sha256 of ciphertext>.enc and only then
-registered, in one transaction that also picks the next semantic version. A crash before
-the insert leaves at most an unreferenced ciphertext (harmless: it is encrypted), never a
-registered adapter without its file.
+registered, in one transaction that also picks the next semantic version, so a registered
+adapter never lacks its file. A crash between the write and the insert would leave a
+ciphertext no row names; the write is therefore bracketed by an intent marker (see
+`_pending` and `sweep_unregistered`), and the sweep removes such a file once its writer is gone.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import os
 import re
 import sqlite3
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,9 +31,10 @@ from appliance.crypto.aead import decrypt_bytes, encrypt_bytes
 from appliance.crypto.errors import TamperedCiphertext
 from appliance.crypto.keys import PURPOSE_ADAPTERS, DataKey, load_enclave_key
 from appliance.errors import UsageError
-from appliance.fsutil import atomic_write_bytes
+from appliance.fsutil import atomic_write_bytes, fsync_dir
 from appliance.paths import Layout
 from appliance.registry import now, who
+from appliance.train.state import alive, proc_start_time
 
 Stage = Literal["staging", "production", "retired"]
 Bump = Literal["patch", "minor", "major"]
@@ -270,14 +273,108 @@ def _insert(conn: sqlite3.Connection, rec: AdapterRecord) -> None:
     log_event(conn, rec, rec.origin, rec.stage, from_stage="-")
 
 
-def _write_ciphertext(layout: Layout, ciphertext: bytes) -> tuple[str, Path]:
-    sha = hashlib.sha256(ciphertext).hexdigest()
+# PREFIX/adapters/.pending-SHA.PID-START: "SHA.enc is being written and registered by PID".
+PENDING = ".pending-"
+
+
+@contextlib.contextmanager
+def _pending(layout: Layout, sha: str) -> Iterator[None]:
+    """An intent marker for the span from writing SHA.enc to committing its row.
+
+    Why a marker rather than a temp name renamed after the insert: the file keeps its final
+    name before any row points at it, so a reader never finds a registered adapter without
+    its file; and why not a grace period: a seal may wait on a busy registry for any time,
+    and a kill -9 is known at once from the marker's pid and start time (a recycled pid is
+    not mistaken for the writer). The marker is created (and the directory fsynced) before
+    the ciphertext, and removed after the commit or, with the ciphertext, on any error; one
+    left behind names a dead writer, and `sweep_unregistered` removes its SHA.enc unless a row
+    references it.
+    """
     layout.adapters.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(PermissionError):
         os.chmod(layout.adapters, 0o700)
+    me = os.getpid()
+    marker = layout.adapters / f"{PENDING}{sha}.{me}-{proc_start_time(me)}"
+    os.close(os.open(marker, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600))
+    fsync_dir(layout.adapters)
+    try:
+        yield
+    except BaseException:
+        ciphertext_path(layout, sha).unlink(missing_ok=True)
+        raise
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def _write_ciphertext(layout: Layout, ciphertext: bytes) -> tuple[str, Path]:
+    """Write SHA.enc; the caller holds `_pending(layout, SHA)` until its row is committed."""
+    sha = hashlib.sha256(ciphertext).hexdigest()
     path = ciphertext_path(layout, sha)
     atomic_write_bytes(path, ciphertext, perms=0o600)
     return sha, path
+
+
+def _marker(name: str) -> tuple[str, int, int | None] | None:
+    """(sha, pid, start) of a `.pending-` marker name, None for anything else."""
+    m = re.fullmatch(rf"{re.escape(PENDING)}([0-9a-f]{{64}})\.(\d+)-(\d+|None)", name)
+    if m is None:
+        return None
+    return m[1], int(m[2]), None if m[3] == "None" else int(m[3])
+
+
+def _referenced(layout: Layout) -> set[str]:
+    """Every ciphertext sha256 a registry row names (none when there is no registry yet)."""
+    if not layout.registry.exists():
+        return set()
+    conn = connect(layout)
+    try:
+        return {r[0] for r in conn.execute("SELECT ciphertext_sha256 FROM adapters")}
+    finally:
+        conn.close()
+
+
+def pending_markers(layout: Layout) -> list[str]:
+    """The names of intent markers in PREFIX/adapters (cheap: one directory listing)."""
+    try:
+        return [n for n in os.listdir(layout.adapters) if n.startswith(PENDING)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def sweep_unregistered(layout: Layout, *, everything: bool = False) -> list[str]:
+    """Remove ciphertext that no registry row references and no live process is registering.
+
+    By default only what a dead writer's marker names (and its half-written temp file): no
+    registry access at all unless such a marker exists, so this can run before every command.
+    `everything=True` (`enclave sweep`) also removes any other unreferenced `*.enc`, e.g. one
+    left by an older enclave. The order makes that safe against a seal running meanwhile: the
+    files are listed first, then the markers, then the rows; a file listed was written after
+    its marker, so its seal is either still marked (left alone) or had committed its row before
+    removing the marker (found in the rows read after). Returns the names removed.
+    """
+    if not layout.adapters.is_dir():
+        return []
+    files = sorted(n for n in os.listdir(layout.adapters) if n.endswith(".enc")) if everything else []
+    markers = [(n, m) for n in pending_markers(layout) if (m := _marker(n)) is not None]
+    live = {sha for _, (sha, pid, start) in markers if alive(pid, start)}
+    dead = [(n, sha) for n, (sha, pid, start) in markers if sha not in live]
+    if not dead and not files:
+        return []
+    referenced = _referenced(layout)
+    doomed = {sha for _, sha in dead if sha not in referenced}
+    doomed |= {n[: -len(".enc")] for n in files if n[: -len(".enc")] not in referenced | live}
+    removed = []
+    for sha in sorted(doomed):
+        leftovers = [layout.adapters / f"{sha}.enc", *layout.adapters.glob(f".{sha}.enc.*.tmp")]
+        for p in leftovers:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p.name)
+    for name, _ in dead:
+        (layout.adapters / name).unlink(missing_ok=True)
+    if removed or dead:
+        fsync_dir(layout.adapters)
+    return removed
 
 
 def _classification(value: Classification | str) -> str:
@@ -306,11 +403,13 @@ def seal_adapter(
     bump: Bump = "patch",
     key: DataKey | None = None,
     stacks_on: AdapterRecord | None = None,
+    on_written: Callable[[], None] | None = None,
 ) -> AdapterRecord:
     """Encrypt and register the adapter in `plaintext_dir`; the caller removes the plaintext.
 
     `key` defaults to the enclave key's adapters sub-key; `stacks_on` is the adapter that was
-    merged into the base model before this one was trained. Returns the registered record
+    merged into the base model before this one was trained; `on_written` is called between
+    the write and the insert (the runner's crash tests). Returns the registered record
     (stage 'staging', the next version of `name`)."""
     parse_ref(name)
     if bump not in ("patch", "minor", "major"):
@@ -324,10 +423,35 @@ def seal_adapter(
     # The check before any plaintext may be removed: the ciphertext, as written, gives back these bytes.
     if hashlib.sha256(decrypt_bytes(ciphertext, key, name=f"{name} (sealed)")).hexdigest() != pt_sha:
         raise TamperedCiphertext(f"{name}: the sealed ciphertext does not decrypt to the packed adapter")
-    ct_sha, path = _write_ciphertext(layout, ciphertext)
-    if hashlib.sha256(decrypt_bytes(path, key)).hexdigest() != pt_sha:
-        path.unlink(missing_ok=True)
-        raise TamperedCiphertext(f"{path}: the written ciphertext does not decrypt to the packed adapter")
+    with _pending(layout, hashlib.sha256(ciphertext).hexdigest()):
+        ct_sha, path = _write_ciphertext(layout, ciphertext)
+        if on_written is not None:
+            on_written()
+        if hashlib.sha256(decrypt_bytes(path, key)).hexdigest() != pt_sha:
+            path.unlink(missing_ok=True)
+            raise TamperedCiphertext(f"{path}: the written ciphertext does not decrypt to the packed adapter")
+        return _register_sealed(layout, path, name=name, bump=bump, record={
+            "ciphertext_sha256": ct_sha,
+            "ciphertext_size": len(ciphertext),
+            "plaintext_sha256": pt_sha,
+            "plaintext_size": len(plaintext),
+            "files": {n: hashlib.sha256(b).hexdigest() for n, b in sorted(files.items())},
+            "dataset_hashes": list(dataset_hashes),
+            "base_model_id": base_model_id,
+            "base_revision": base_revision,
+            "config_hash": config_hash,
+            "frameworks": {str(k): str(v) for k, v in frameworks.items()},
+            "classification": cls,
+            "train_loss": train_loss,
+            "eval_loss": eval_loss,
+            "run_id": run_id,
+            "key_id": key.fingerprint(),
+            "stacks_on": parent_ref(stacks_on) if stacks_on is not None else None,
+        })  # fmt: skip
+
+
+def _register_sealed(layout: Layout, path: Path, *, name: str, bump: Bump, record: dict) -> AdapterRecord:
+    """The row for a written ciphertext, at the next version of `name` (inside `_pending`)."""
     stamp = now()
     conn = connect(layout)
     try:
@@ -337,24 +461,9 @@ def seal_adapter(
                 name=name,
                 version=f"{major}.{minor}.{patch}",
                 stage="staging",
-                ciphertext_sha256=ct_sha,
-                ciphertext_size=len(ciphertext),
-                plaintext_sha256=pt_sha,
-                plaintext_size=len(plaintext),
-                files={n: hashlib.sha256(b).hexdigest() for n, b in sorted(files.items())},
-                dataset_hashes=list(dataset_hashes),
-                base_model_id=base_model_id,
-                base_revision=base_revision,
-                config_hash=config_hash,
-                frameworks={str(k): str(v) for k, v in frameworks.items()},
-                classification=cls,
-                train_loss=train_loss,
-                eval_loss=eval_loss,
-                run_id=run_id,
-                key_id=key.fingerprint(),
                 created=stamp,
                 stage_changed=stamp,
-                stacks_on=parent_ref(stacks_on) if stacks_on is not None else None,
+                **record,
             )
             _insert(conn, rec)
     except BaseException:
@@ -406,15 +515,16 @@ def register_imported(layout: Layout, rec: AdapterRecord, ciphertext: bytes) -> 
             same = existing["plaintext_sha256"] == rec.plaintext_sha256
             what = "the same adapter" if same else "a different adapter"
             raise AdapterConflict(f"{rec.ref}: already registered here ({what}); nothing imported")
-        _, path = _write_ciphertext(layout, ciphertext)
         stamp = now()
         new = rec.model_copy(update={"stage": "staging", "origin": "imported", "stage_changed": stamp})
-        try:
-            with registry.transaction(conn):
-                _insert(conn, new)
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
+        with _pending(layout, hashlib.sha256(ciphertext).hexdigest()):
+            _, path = _write_ciphertext(layout, ciphertext)
+            try:
+                with registry.transaction(conn):
+                    _insert(conn, new)
+            except BaseException:
+                path.unlink(missing_ok=True)
+                raise
         return new
     finally:
         conn.close()

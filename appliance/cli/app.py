@@ -49,8 +49,20 @@ PrefixOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable report.")]
 
 
+_swept: set[Path] = set()
+
+
 def layout(prefix: Path) -> Layout:
-    return Layout.at(prefix)
+    """The prefix a command works on; the first time in a process, the plaintext that dead
+    training runs left there is swept (appliance.train.sweep.on_open: cheap, creates nothing)."""
+    lay = Layout.at(prefix)
+    if lay.prefix not in _swept:
+        _swept.add(lay.prefix)
+        from appliance.train.sweep import on_open
+
+        for line in on_open(lay):
+            err.print(line, soft_wrap=True, markup=False, highlight=False)
+    return lay
 
 
 def emit_json(obj: Any) -> None:

@@ -66,3 +66,27 @@ def train_cmd(
             f"report {result.report}",
             soft_wrap=True,
         )
+
+
+@app.command("sweep")
+def sweep_cmd(prefix: PrefixOpt, json_: JsonOpt = False) -> None:
+    """Remove what dead training runs left in plaintext (weights, checkpoints, caches) and
+    adapter ciphertext no registry row references; print what was removed."""
+    from appliance.paths import Layout
+    from appliance.train.errors import SweepFailed
+    from appliance.train.sweep import sweep_all
+
+    # Layout.at, not layout(): the sweep every command starts with would leave nothing to report.
+    lay = Layout.at(prefix)
+    try:
+        report = sweep_all(lay, everything=True)
+    except OSError as exc:
+        where = exc.filename if exc.filename is not None else lay.prefix
+        raise SweepFailed(f"{where}: could not be removed ({exc.strerror or exc})") from None
+    if json_:
+        emit_json(report.as_json())
+        return
+    for line in report.lines():
+        err.print(line, soft_wrap=True, markup=False, highlight=False)
+    if not report.runs and not report.ciphertexts:
+        err.print(f"nothing to sweep under {lay.prefix}", soft_wrap=True, markup=False, highlight=False)

@@ -34,3 +34,8 @@ class TrainingFailed(TrainError):
 class SealFailed(TrainError):
     exit_code = 55
     summary = "the trained adapter could not be sealed; its plaintext was removed"
+
+
+class SweepFailed(TrainError):
+    exit_code = 57
+    summary = "plaintext a dead run left could not be removed (names the path and why)"

@@ -2,7 +2,8 @@
 
 axolotl runs in a child process: from the current release's venv (or the venv that
 ENCLAVE_TRAINER_VENV names, for development and tests, where no release is installed),
-with the offline environment, every cache pointed into the run directory, and no network
+with the offline environment, every cache pointed into the run's scratch (a tmpfs when it
+fits, else the run directory: appliance.train.scratch), and no network
 (a fresh network namespace from `unshare -n`, or the private network the trainer service
 already runs in). Its output is streamed to the terminal and to the run log as it comes.
 
@@ -37,6 +38,7 @@ from appliance.fsutil import atomic_write_bytes
 from appliance.offline import offline_environ
 from appliance.paths import Layout
 from appliance.train import policy
+from appliance.train import scratch as sc
 from appliance.train import state as st
 from appliance.train.errors import (
     NoNetworkIsolation,
@@ -192,13 +194,13 @@ def trainer_command(env: TrainerEnv, config: Path, gpus: int) -> list[str]:
 TMPDIR_MAX = 60
 
 
-def run_tmpdir(run_dir: Path, state: dict) -> Path:
-    """The trainer's TMPDIR: inside the run, reached through a short link when the path is long.
+def run_tmpdir(run_dir: Path, state: dict, scratch: Path | None = None) -> Path:
+    """The trainer's TMPDIR: in the run's scratch, reached through a short link when the path is long.
 
     The link (in the system temp dir) holds nothing itself; it is recorded in the state file
     so that cleanup and the sweeper remove it with the run's plaintext.
     """
-    tmp = run_dir / "tmp"
+    tmp = (scratch or run_dir) / "tmp"
     tmp.mkdir(mode=0o700, exist_ok=True)
     if len(str(tmp)) <= TMPDIR_MAX:
         return tmp
@@ -208,9 +210,10 @@ def run_tmpdir(run_dir: Path, state: dict) -> Path:
     return link
 
 
-def trainer_environ(env: TrainerEnv, run_dir: Path, tmp: Path) -> dict[str, str]:
-    """The offline switches, and every cache or temp dir axolotl touches inside the run."""
-    hf = run_dir / "hf"
+def trainer_environ(env: TrainerEnv, work: Path, tmp: Path) -> dict[str, str]:
+    """The offline switches, and every cache or temp dir axolotl touches in the run's scratch
+    (`work`: its tmpfs scratch, or the run directory itself)."""
+    hf = work / "hf"
     return offline_environ(
         HF_HOME=str(hf),
         HF_DATASETS_CACHE=str(hf / "datasets"),
@@ -218,7 +221,7 @@ def trainer_environ(env: TrainerEnv, run_dir: Path, tmp: Path) -> dict[str, str]
         XDG_CACHE_HOME=str(tmp / "cache"),
         TRITON_CACHE_DIR=str(tmp / "triton"),
         TORCHINDUCTOR_CACHE_DIR=str(tmp / "inductor"),
-        WANDB_DIR=str(run_dir / "wandb"),
+        WANDB_DIR=str(work / "wandb"),
         VIRTUAL_ENV=str(env.venv),
         PATH=f"{env.bin}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
         PYTHONUNBUFFERED="1",
@@ -287,11 +290,16 @@ def train(
     from appliance.adapters.registry import adapters_key, parent_ref, seal_adapter
 
     for s in sweep(layout):
-        say(f"swept {s.run_id} (was {s.phase}): removed {len(s.removed)} plaintext entries")
+        say(s.line())
     raw = policy.load_run_yaml(yaml_path)
     run_id = new_run_id()
     run_dir = layout.runs / run_id
     checked = policy.check(layout, raw, source=yaml_path, run_dir=run_dir)
+    place = place_scratch(layout, run_dir, checked)
+    if place.kind == "tmpfs":
+        # The same policy, with the output, prepared data and model copies in the scratch.
+        checked = policy.check(layout, raw, source=yaml_path, run_dir=place.path)
+    work = place.path
     name = name or adapter_name_for(yaml_path)
     from appliance.adapters.registry import parse_ref
 
@@ -306,7 +314,11 @@ def train(
     os.chmod(layout.runs, 0o700)
     run_dir.mkdir(mode=0o700)
     state = st.new_state(run_id, yaml_path)
+    # Recorded before it exists: a sweep after a crash at any later point finds it.
+    state["scratch"] = place.record()
     st.write_state(run_dir, state)
+    if work != run_dir:
+        work.mkdir(mode=0o700)
     from appliance.fsutil import atomic_write_text
 
     atomic_write_text(run_dir / st.SOURCE, yaml_path.read_text(), 0o600)
@@ -317,7 +329,7 @@ def train(
         st.write_state(run_dir, state, phase="merging")
         say(f"merging {checked.parent.ref} into {checked.repo_id}@{checked.revision[:12]}")
         try:
-            _merge_parent(layout, checked.parent, run_dir / policy.MERGED_DIR, key)
+            _merge_parent(layout, checked.parent, work / policy.MERGED_DIR, key)
         except Exception as exc:  # the partial merge is plaintext: removed before the error
             why = exc.message if isinstance(exc, EnclaveError) else f"{type(exc).__name__}: {exc}"
             _fail(run_dir, state, Metrics(), f"merge failed: {why}")
@@ -326,7 +338,7 @@ def train(
             ) from None
         _crash_point("merging")
     elif checked.parent is not None:
-        _unseal_parent(layout, checked.parent, run_dir / policy.PARENT_DIR, key)
+        _unseal_parent(layout, checked.parent, work / policy.PARENT_DIR, key)
     cmd = [*iso.argv, *trainer_command(env, config_path, gpus)]
     started = st.now()
     provenance: dict[str, Any] = {
@@ -354,11 +366,13 @@ def train(
         "trainer": env.origin,
         "network_isolation": iso.how,
         "gpus": gpus,
+        "scratch": place.record(),
         "started": started,
     }
     st.write_state(run_dir, state, phase="training", config_hash=checked.config_hash, adapter_name=name)
     say(f"run {run_id}: {checked.repo_id}@{checked.revision[:12]}, {len(checked.datasets)} dataset(s), "
         f"classification {checked.classification.name}; network: {iso.how}")  # fmt: skip
+    say(f"scratch: {place.kind} {work} (estimated {place.estimate_bytes / sc.GiB:.1f} GiB; {place.why})")
 
     metrics = Metrics()
     with open(run_dir / st.LOG, "ab", buffering=0) as log:
@@ -369,8 +383,8 @@ def train(
         try:
             proc = subprocess.Popen(
                 cmd,
-                cwd=run_dir,
-                env=trainer_environ(env, run_dir, run_tmpdir(run_dir, state)),
+                cwd=work,
+                env=trainer_environ(env, work, run_tmpdir(run_dir, state, work)),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -407,7 +421,7 @@ def train(
     try:
         rec = seal_adapter(
             layout,
-            run_dir / policy.OUTPUT_DIR,
+            work / policy.OUTPUT_DIR,
             name=name,
             run_id=run_id,
             base_model_id=checked.repo_id,
@@ -420,6 +434,7 @@ def train(
             frameworks=frameworks,
             key=key,
             stacks_on=checked.parent if checked.stacks else None,
+            on_written=lambda: _crash_point("sealing"),
         )
     except Exception as exc:  # whatever broke, the plaintext goes before the error is reported
         why = exc.message if isinstance(exc, EnclaveError) else f"{type(exc).__name__}: {exc}"
@@ -445,11 +460,27 @@ def train(
     return RunResult(run_id, run_dir, rec, metrics, provenance)
 
 
-def _unseal_parent(layout: Layout, rec: Any, dest: Path, key: Any) -> None:
-    """The starting adapter, decrypted (and checked against its record) into the run directory.
+def place_scratch(layout: Layout, run_dir: Path, checked: policy.CheckedRun) -> sc.Scratch:
+    """tmpfs or the volume for this run, sized from the base weights, the datasets and the
+    parent adapter or merged base it will hold (appliance.train.scratch)."""
+    weights = sc.weights_bytes(checked.model_path)
+    parent = checked.parent.plaintext_size if checked.parent is not None and not checked.stacks else 0
+    return sc.choose(
+        layout,
+        run_dir,
+        weights=weights,
+        data=sum(sc.file_size(d.path) for d in checked.datasets),
+        parent=parent,
+        merged=weights if checked.stacks else 0,
+    )
 
-    axolotl loads `lora_model_dir` from disk, so this copy is plaintext; it lives on the
-    encrypted volume inside the run and goes with the run's other plaintext.
+
+def _unseal_parent(layout: Layout, rec: Any, dest: Path, key: Any) -> None:
+    """The starting adapter, decrypted (and checked against its record) into the run's scratch.
+
+    axolotl loads `lora_model_dir` from disk, so this copy is plaintext; it lives in the run's
+    scratch (a tmpfs, or the run directory on the encrypted volume) and goes with the run's
+    other plaintext.
     """
     from appliance.adapters.registry import load_plaintext
 
@@ -463,8 +494,9 @@ def _merge_parent(layout: Layout, rec: Any, dest: Path, key: Any) -> None:
     """The base model with the sealed parent merged in, saved for axolotl to load as base_model.
 
     The adapter is decrypted and merged in memory (appliance.adapters.inference); only the
-    merged model is written, in the checkpoint's own dtype, inside the run directory (on the
-    encrypted volume), and it goes with the run's other plaintext.
+    merged model is written, in the checkpoint's own dtype, in the run's scratch (a tmpfs when
+    the estimate fits, else the run directory on the encrypted volume), and it goes with the
+    run's other plaintext.
     """
     import gc
 
