@@ -54,6 +54,7 @@ def test_trainer_unit_verifies_and_is_sandboxed(tmp_path, service_user):
     text = unit.read_text()
     for line in (
         f"User={service_user}",
+        f"ExecStartPre={enclave} sweep --prefix {prefix}",
         f"ExecStart={enclave} queue serve --prefix {prefix}",
         "PrivateNetwork=yes",
         "ProtectSystem=strict",
