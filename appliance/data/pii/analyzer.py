@@ -52,6 +52,7 @@ class Analyzer:
             "nid:" + "+".join(structured.NID_RULES),
             "phone:libphonenumber(" + ",".join(self.phone_regions) + ")",
             "name:patterns",
+            "name:parts",
         ]
         if self.ner is not None:
             self.detectors_run.append(f"name:ner({self.ner.label})")

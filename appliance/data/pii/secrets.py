@@ -37,7 +37,13 @@ PROVIDERS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("npm-token", r"\bnpm_[A-Za-z0-9]{36}\b"),
         ("sendgrid-key", r"\bSG\.[A-Za-z0-9_\-]{16,}\.[A-Za-z0-9_\-]{16,}"),
         ("twilio-key", r"\bSK[0-9a-fA-F]{32}\b"),
-        ("jwt", r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}"),
+        # A JWT (or JWE) whole: a base64 JSON header ("ey..."), then two to four more
+        # dot-separated parts, the signature possibly empty (alg none), padding tolerated.
+        (
+            "jwt",
+            r"(?<![A-Za-z0-9_\-+/])ey[A-Za-z0-9_\-+/]{10,}={0,2}\.[A-Za-z0-9_\-+/]{4,}={0,2}"
+            r"(?:\.[A-Za-z0-9_\-+/]*={0,2}){1,3}",
+        ),
         (
             "private-key-block",
             r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----[\s\S]*?"

@@ -212,10 +212,14 @@ def phones(text: str, regions: tuple[str, ...] = PHONE_REGIONS) -> Iterator[Find
     seen: set[tuple[int, int]] = set()
     if sum(c.isdigit() for c in text) < 7:
         return
+    # Dotted quads are addresses (loopback and private ones included), never phone numbers.
+    quads = [(m.start(), m.end()) for m in IPV4.finditer(text)]
     for region in regions:
         for m in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.POSSIBLE):
             span = (m.start, m.end)
             if span in seen or not _isolated(text, m.start, m.end):
+                continue
+            if any(a < m.end and m.start < b for a, b in quads):
                 continue
             before = text[max(0, m.start - 30) : m.start]
             valid = phonenumbers.is_valid_number(m.number)
