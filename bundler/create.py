@@ -15,6 +15,7 @@ import fcntl
 import os
 import platform
 import shutil
+import tempfile
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -143,7 +144,9 @@ def _python(m: LoadedManifest, tree: Path, staging: Path, reporter: Reporter, wo
 
 
 def _sweep(tree: Path, keep: set[str]) -> int:
-    """Remove what this build did not produce (an earlier run's strays, an old bundle.json)."""
+    """Remove what this build did not produce (an earlier run's strays, an old bundle.json),
+    and give every kept file a name of its own: a file reused from a partial tree may have
+    been hard-linked from elsewhere meanwhile, and the verifier refuses hard links."""
     removed = 0
     for dirpath, dirnames, filenames in os.walk(tree, topdown=False):
         for name in filenames:
@@ -152,6 +155,8 @@ def _sweep(tree: Path, keep: set[str]) -> int:
             if rel not in keep:
                 p.unlink()
                 removed += 1
+            elif p.lstat().st_nlink > 1:
+                _unshare(p)
         for name in dirnames:
             d = Path(dirpath) / name
             if d.is_symlink():
@@ -159,6 +164,19 @@ def _sweep(tree: Path, keep: set[str]) -> int:
             elif not any(d.iterdir()):
                 d.rmdir()
     return removed
+
+
+def _unshare(path: Path) -> None:
+    """Replace a hard-linked file by a copy of its own (same bytes, so its hash still holds)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(path, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def create_bundle(

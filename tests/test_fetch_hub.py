@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import bundle_create
+from conftest import bundle_create, run_enclave
 
 from appliance.errors import FetchError
 from devtools.fake_hub import FakeHub
@@ -215,3 +215,28 @@ def test_an_unreachable_hub_is_one_line_not_a_traceback(tmp_path, officer_keys):
     assert proc.returncode == FetchError.exit_code, proc.stderr
     assert "Traceback" not in proc.stderr
     assert f"models[0] {REPO}@eeeeeeeeeeee: cannot reach http://127.0.0.1:{port}" in proc.stderr
+
+
+def test_a_reused_file_that_gained_a_hard_link_is_copied_apart(hub, tmp_path, officer_keys):
+    """The verifier refuses hard links: a partial tree's file linked from elsewhere between two
+    runs is given a name of its own on the rerun, and the outside name cannot reach the bundle."""
+    (tmp_path / "note.txt").write_text("hello\n")
+    right = hashlib.sha256(b"hello\n").hexdigest()
+    env = hub_env(hub, tmp_path)
+    out = tmp_path / "bundle"
+    bad = write_manifest(
+        tmp_path / "m.yaml", hub.revision, f'files:\n  - {{path: note.txt, sha256: "{"0" * 64}"}}\n'
+    )
+    assert create(bad, out, officer_keys, env).returncode == FetchError.exit_code
+    reused = next(iter(sorted((tmp_path / "bundle.partial").rglob("config.json"))))
+    outside = tmp_path / "outside.json"
+    outside.hardlink_to(reused)
+    good = write_manifest(
+        tmp_path / "m.yaml", hub.revision, f'files:\n  - {{path: note.txt, sha256: "{right}"}}\n'
+    )
+    proc = create(good, out, officer_keys, env)
+    assert proc.returncode == 0, proc.stderr
+    assert all(p.stat().st_nlink == 1 for p in out.rglob("*") if p.is_file())
+    assert outside.stat().st_nlink == 1
+    proc = run_enclave("verify", str(out), "--trust", str(officer_keys["bob.pub"]))
+    assert proc.returncode == 0, proc.stderr

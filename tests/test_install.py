@@ -12,8 +12,10 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -111,7 +113,7 @@ def test_nothing_installed_is_one_clear_error(tmp_path):
 def test_a_prefix_that_is_a_file_is_one_line(make_install_bundle, install_parts, tmp_path):
     (tmp_path / "prefix").write_text("not a directory\n")
     proc = install(make_install_bundle("1.0.0"), tmp_path / "prefix", install_parts["pub"])
-    assert "prefix: install failed: File exists" in one_error_line(proc, 30)
+    assert "prefix: --prefix (or ENCLAVE_PREFIX) is not a directory" in one_error_line(proc, 3)
 
 
 def test_status_json(installed_v1):
@@ -306,3 +308,60 @@ def test_install_a_bundle_made_by_enclave_bundle_create(tiny_model_dir, install_
     assert (store.resolve_model(Layout.at(prefix), model.repo_id).path / "config.json").is_file()
     proc = subprocess.run([*ENCLAVE, "audit", "--prefix", str(prefix)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# --- the media changes between verification and copy ------------------------------------
+# ENCLAVE_TEST_STOP_AT=verified pauses the real CLI right after `verify` accepted the bundle
+# directory (appliance.install.locking documents the hook); the test then changes a file on
+# the "media" and lets the install go on. Every byte installed is hashed as it is copied.
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()[0]
+
+
+def _install_paused_after_verify(bundle: Path, prefix: Path, pub: Path) -> subprocess.Popen:
+    env = {**os.environ, "COLUMNS": "200", "ENCLAVE_TEST_STOP_AT": "verified"}
+    args = [*ENCLAVE, "install", str(bundle), "--trust", str(pub), "--prefix", str(prefix)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while _state(proc.pid) != "T":
+        if proc.poll() is not None:
+            raise AssertionError(f"the install did not pause: {proc.communicate()}")
+        assert time.monotonic() < deadline, "the install did not reach `verified`"
+        time.sleep(0.05)
+    return proc
+
+
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+
+
+MEDIA_SWAPS = {
+    "wheel": lambda b: next((b / "wheels").glob("idna-*.whl")),
+    "ansible": lambda b: b / "ansible" / "site.yml",
+    "bundle.json": lambda b: b / "bundle.json",
+    "model": lambda b: next(p for p in sorted((b / "models").rglob("*")) if p.suffix == ".safetensors"),
+}
+
+
+@pytest.mark.parametrize("what", sorted(MEDIA_SWAPS))
+def test_media_changed_after_verify_is_caught_in_the_copy(what, make_install_bundle, install_parts, tmp_path):
+    media = tmp_path / "media"
+    shutil.copytree(make_install_bundle("1.0.0"), media)
+    prefix = tmp_path / "prefix"
+    proc = _install_paused_after_verify(media, prefix, install_parts["pub"])
+    victim = MEDIA_SWAPS[what](media)
+    _flip_a_byte(victim)  # same size: only the bytes read during the copy can tell
+    os.kill(proc.pid, signal.SIGCONT)
+    _, stderr = proc.communicate(timeout=300)
+    proc.stderr = stderr
+    line = one_error_line(proc, 30)
+    assert str(victim) in line and "changed since it was verified" in line, line
+    assert not (prefix / "current").exists()
+    assert not list((prefix / "releases").iterdir()), "a failed install must leave no staging directory"
+    assert not list((prefix / "store").rglob(".tmp-*"))

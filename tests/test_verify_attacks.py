@@ -210,6 +210,33 @@ def test_unlisted_file(signed_bundle, officer_keys, tmp_path):
     refused(tmp_path, signed_bundle, officer_keys, UnlistedFile.exit_code, "wheels/evil-1.0-py3-none-any.whl")
 
 
+def test_listed_file_replaced_by_a_hard_link_to_outside(signed_bundle, officer_keys, tmp_path):
+    """Same bytes, so every hash matches; but the outside name can rewrite it after verify."""
+    outside = tmp_path / "outside-notes.txt"
+    victim = signed_bundle / "files" / "notes.txt"
+    outside.write_bytes(victim.read_bytes())
+    victim.unlink()
+    os.link(outside, victim)
+    proc = refused(tmp_path, signed_bundle, officer_keys, SymlinkFound.exit_code, "files/notes.txt")
+    assert "hard link" in proc.stderr
+
+
+def test_hard_link_inside_the_bundle(signed_bundle, officer_keys, tmp_path):
+    """A link between two bundle files is refused too: from inside, its sides look alike."""
+    first, second = sorted(p for p in (signed_bundle / "models").rglob("*") if p.is_file())[:2]
+    second.unlink()
+    os.link(first, second)
+    refused(tmp_path, signed_bundle, officer_keys, SymlinkFound.exit_code, "hard link")
+
+
+@pytest.mark.parametrize("rel", ["empty", "files/empty", "extra/deeper/still"])
+def test_unlisted_empty_directory(signed_bundle, officer_keys, tmp_path, rel):
+    (signed_bundle / rel).mkdir(parents=True)
+    top = rel.split("/")[0] if rel.startswith("extra") else rel
+    proc = refused(tmp_path, signed_bundle, officer_keys, UnlistedFile.exit_code, f"{signed_bundle / top}:")
+    assert "directory holding nothing bundle.json lists" in proc.stderr
+
+
 def test_unlisted_file_in_signatures_dir(signed_bundle, officer_keys, tmp_path):
     (signed_bundle / "signatures" / "payload.sh").write_text("#!/bin/sh\n")
     refused(tmp_path, signed_bundle, officer_keys, UnlistedFile.exit_code, "signatures/payload.sh")
@@ -290,6 +317,7 @@ TAR_ATTACKS = {
     "absolute": (_append(_info("/etc/cron.d/evil", REG, b"x")), UnsafePath, "/etc/cron.d/evil"),
     "duplicate": (_append(_info(NOTES, REG, b"x")), UnsafePath, NOTES),
     "unlisted": (_append(_info("files/extra", REG, b"x")), UnlistedFile, "files/extra"),
+    "unlisted-dir": (_append(_info("files/empty", tarfile.DIRTYPE)), UnlistedFile, "files/empty"),
     "missing": (lambda ms: [(m, d) for m, d in ms if m.name != NOTES], MissingFile, NOTES),
     "changed": (_replace_notes, ChangedFile, NOTES),
     "not-first": (lambda ms: [*ms[1:], ms[0]], BundleError, "signatures"),

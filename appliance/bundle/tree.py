@@ -2,9 +2,13 @@
 
 The walk never follows a link and refuses anything that is not a plain file or directory,
 so a symlink planted anywhere (even in a directory nothing lists) is caught before a byte
-is read. Hashing runs one thread per core: hashlib releases the GIL while it digests, so
-threads scale on large files without the cost of processes; files are opened with
-O_NOFOLLOW so a file swapped for a link after the walk is not followed either.
+is read. A file with more than one name is refused as well, as the tar path refuses hard
+link members: its other name may lie outside the bundle, where it can be rewritten after
+verification, and from inside the bundle the two sides cannot be told apart.
+
+Hashing runs one thread per core: hashlib releases the GIL while it digests, so threads
+scale on large files without the cost of processes; files are opened with O_NOFOLLOW so a
+file swapped for a link after the walk is not followed either.
 """
 
 from __future__ import annotations
@@ -71,6 +75,12 @@ def walk(root: Path | str) -> list[TreeEntry]:
                 entries.append(TreeEntry(rel, 0, True))
                 stack.append(rel_dir / entry.name)
             elif stat.S_ISREG(st.st_mode):
+                if st.st_nlink > 1:
+                    raise SymlinkFound(
+                        f"{root / rel}: is a hard link ({st.st_nlink} names for one file); "
+                        "bundles hold no links",
+                        path=rel,
+                    )
                 entries.append(TreeEntry(rel, st.st_size, False))
             else:
                 raise SpecialFile(f"{root / rel}: is a {_kind(st.st_mode)}, not a regular file", path=rel)
@@ -105,6 +115,8 @@ def _hash_one(path: Path, advance: Callable[[int], None]) -> tuple[str, int]:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise SpecialFile(f"{path}: is not a regular file", path=str(path))
+        if st.st_nlink > 1:  # linked after the walk
+            raise SymlinkFound(f"{path}: is a hard link; bundles hold no links", path=str(path))
         with os.fdopen(fd, "rb", buffering=0) as fh:
             fd = -1
             buf = bytearray(CHUNK)

@@ -86,6 +86,9 @@ class VerifyReport:
     seconds: float = 0.0
     untrusted_signatures: list[str] = field(default_factory=list)
     required_signatures: int = 1
+    # What was read and checked, for the installer to write rather than read the media again.
+    manifest_sha256: str = ""
+    signature_files: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     @property
     def fingerprints(self) -> list[str]:
@@ -287,6 +290,18 @@ def read_small(path: Path, limit: int) -> bytes:
     return data
 
 
+def listed_dirs(listed: Iterable[str]) -> set[str]:
+    """The directories a bundle may hold: signatures/ and the parents of listed files.
+
+    Any other directory, even an empty one, is content nobody signed, refused like an
+    unlisted file (in a directory and in a tar alike)."""
+    dirs = {SIGNATURES_DIR}
+    for rel in listed:
+        parts = rel.split("/")
+        dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    return dirs
+
+
 def _is_signature_name(rel: str) -> bool:
     name = rel.removeprefix(SIGNATURES_DIR + "/")
     return "/" not in name and name.endswith(SIGNATURE_SUFFIX) and len(name) > len(SIGNATURE_SUFFIX)
@@ -332,6 +347,10 @@ def _verify_dir(
     for rel in sorted(data_files):
         if rel not in listed:
             raise UnlistedFile(f"{root / rel}: not listed in bundle.json", path=rel)
+    needed = listed_dirs(listed)
+    for e in entries:
+        if e.is_dir and e.path not in needed:
+            raise UnlistedFile(f"{root / e.path}: a directory holding nothing bundle.json lists", path=e.path)
     for rel in sorted(listed):
         if rel not in data_files:
             raise MissingFile(f"{root / rel}: listed in bundle.json but missing", path=rel)
@@ -354,6 +373,8 @@ def _verify_dir(
         bytes=sum(e.size for e in listed.values()),
         untrusted_signatures=untrusted,
         required_signatures=require,
+        manifest_sha256=statement[BUNDLE_JSON],
+        signature_files=sigs,
     )
 
 
@@ -577,12 +598,17 @@ def _walk_stream(
             (extract_to / SIGNATURES_DIR / name).write_bytes(data)
 
     verified: set[str] = set()
+    needed = listed_dirs(listed)
     while member is not None:
         rel = member.name
         if member.isdir():
             if rel.split("/", 1)[0] == SIGNATURES_DIR:
                 raise UnlistedFile(
                     f"{where}: member {rel!r}: signatures/ must come right after bundle.json", path=rel
+                )
+            if rel not in needed:
+                raise UnlistedFile(
+                    f"{where}: member {rel!r} is a directory holding nothing bundle.json lists", path=rel
                 )
             if extract_to is not None:
                 (extract_to / rel).mkdir(parents=True, exist_ok=True)
@@ -644,6 +670,8 @@ def _walk_stream(
         bytes=total,
         untrusted_signatures=untrusted,
         required_signatures=require,
+        manifest_sha256=statement[BUNDLE_JSON],
+        signature_files=sigs,
     )
 
 

@@ -13,7 +13,6 @@ Order of work, each step safe to interrupt:
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import shutil
 import subprocess
@@ -24,7 +23,7 @@ from typing import Any
 
 from appliance.bundle.format import BUNDLE_JSON, SIGNATURES_DIR, BundleManifest, FileKind
 from appliance.fsutil import atomic_write_text, fsync_dir
-from appliance.install import diskspace, ledger, store
+from appliance.install import diskspace, ledger, media, store
 from appliance.install.errors import DowngradeRefused, InstallError
 from appliance.install.locking import kill_point, prefix_lock
 from appliance.install.receipt import write_receipt
@@ -37,7 +36,7 @@ from appliance.install.releases import (
     switch_current,
 )
 from appliance.install.venv import build_venv
-from appliance.install.verification import verify_for_install
+from appliance.install.verification import VerifiedBundle, verify_for_install
 from appliance.offline import render_env_file
 from appliance.paths import Layout
 
@@ -126,16 +125,17 @@ def decide(
     return False
 
 
-def _copy_listed(bundle_dir: Path, manifest: BundleManifest, staging: Path) -> None:
+def _copy_listed(verified: VerifiedBundle, staging: Path) -> None:
+    """The release's own files, each hashed as it is copied; bundle.json must be the very
+    bytes the signatures were checked against, and the signatures are written as verified."""
+    bundle_dir, manifest = verified.bundle_dir, verified.manifest
     for f in manifest.files:
         if f.kind in COPIED_KINDS:
-            dst = staging / f.path
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(bundle_dir / f.path, dst)
-    shutil.copyfile(bundle_dir / BUNDLE_JSON, staging / BUNDLE_JSON)
-    sigs = bundle_dir / SIGNATURES_DIR
-    if sigs.is_dir():
-        shutil.copytree(sigs, staging / SIGNATURES_DIR, symlinks=False)
+            media.copy_checked(bundle_dir / f.path, staging / f.path, f.sha256)
+    media.copy_checked(bundle_dir / BUNDLE_JSON, staging / BUNDLE_JSON, verified.bundle_digest)
+    for name, data in sorted(verified.signatures.items()):
+        (staging / SIGNATURES_DIR).mkdir(exist_ok=True)
+        (staging / SIGNATURES_DIR / name).write_bytes(data)
 
 
 def install_debs(bundle_dir: Path, manifest: BundleManifest, keep_fds: tuple[int, ...]) -> list[str]:
@@ -193,7 +193,7 @@ def install(
 
 
 def _install_verified(
-    verified,
+    verified: VerifiedBundle,
     layout: Layout,
     bundle: Path,
     keep: tuple[int, ...],
@@ -205,7 +205,7 @@ def _install_verified(
     say: Progress,
 ) -> InstallResult:
     bundle_dir, manifest = verified.bundle_dir, verified.manifest
-    digest = hashlib.sha256((bundle_dir / BUNDLE_JSON).read_bytes()).hexdigest()
+    digest = verified.bundle_digest
     current = _current_or_none(layout)
     previous = current.release_name if current else None
     name = manifest.release_name
@@ -215,50 +215,20 @@ def _install_verified(
         return InstallResult(name, final, previous, noop=True, bundle_digest=digest, signers=verified.signers)
 
     needed = diskspace.needed_bytes(layout, bundle_dir, manifest)
+    if verified.in_place:  # the package files are copied off the media first
+        needed += sum(f.size for f in media.packages(manifest, debs=with_os_packages))
     diskspace.check(layout.prefix, needed, f"installing {name}")
 
     staging = layout.releases / f"{STAGING_PREFIX}{name}.{os.getpid()}"
     staging.mkdir(parents=True)
-    say(f"building the Python environment from {len(manifest.wheels) or 'the'} wheels")
-    installer = build_venv(
-        bundle_dir,
-        manifest,
-        staging / "venv",
-        work / "venv-work",
-        keep_fds=keep,
-        on_install_start=lambda: kill_point("venv"),
-        final_venv=final / "venv",
-    )
-    shutil.rmtree(work / "venv-work", ignore_errors=True)
-
-    models = []
-    for m in manifest.models:
-        say(f"storing model {m.repo_id}@{m.revision[:12]}")
-        snap = store.install_model(layout, bundle_dir, manifest, m, on_file=lambda _i: kill_point("models"))
-        link = staging / m.path
-        link.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(os.path.relpath(snap, (final / m.path).parent), link)
-        models.append(
-            {"repo_id": m.repo_id, "revision": m.revision, "snapshot": str(snap.relative_to(layout.prefix))}
+    try:
+        installer, models, receipt = _build(
+            verified, layout, staging, final, keep, work, with_os_packages=with_os_packages, say=say
         )
-
-    debs = install_debs(bundle_dir, manifest, keep) if with_os_packages else []
-    if debs:
-        say(f"installed {len(debs)} OS packages with dpkg")
-
-    _copy_listed(bundle_dir, manifest, staging)
-    atomic_write_text(layout.env_file, render_env_file())
-    receipt = write_receipt(
-        staging,
-        name=manifest.name,
-        version=manifest.version,
-        bundle_digest=digest,
-        signers=verified.signers,
-        installer=installer,
-        models=models,
-        verified_at=verified.verified_at,
-    )
-    fsync_dir(staging)
+    except BaseException:
+        # A failed install leaves no staging directory (a kill -9 leaves one for the next sweep).
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
     if final.exists():  # a release of this name that is not current, or --force: replace it
         trash = layout.releases / f"{TRASH_PREFIX}{name}.{os.getpid()}"
@@ -283,6 +253,67 @@ def _install_verified(
         signers=verified.signers,
         models=models,
     )
+
+
+def _build(
+    verified: VerifiedBundle,
+    layout: Layout,
+    staging: Path,
+    final: Path,
+    keep: tuple[int, ...],
+    work: Path,
+    *,
+    with_os_packages: bool,
+    say: Progress,
+) -> tuple[str, list[dict], dict]:
+    """Fill the staging directory: the release's files, venv, model links, receipt."""
+    bundle_dir, manifest = verified.bundle_dir, verified.manifest
+    _copy_listed(verified, staging)
+    inputs = bundle_dir
+    if verified.in_place:
+        say("copying the packages off the bundle, each hashed as it is read")
+        inputs = media.copy_packages(bundle_dir, manifest, work / "packages", debs=with_os_packages)
+    say(f"building the Python environment from {len(manifest.wheels) or 'the'} wheels")
+    installer = build_venv(
+        inputs,
+        manifest,
+        staging / "venv",
+        work / "venv-work",
+        keep_fds=keep,
+        on_install_start=lambda: kill_point("venv"),
+        final_venv=final / "venv",
+    )
+    shutil.rmtree(work / "venv-work", ignore_errors=True)
+
+    models = []
+    for m in manifest.models:
+        say(f"storing model {m.repo_id}@{m.revision[:12]}")
+        snap = store.install_model(layout, bundle_dir, manifest, m, on_file=lambda _i: kill_point("models"))
+        link = staging / m.path
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(snap, (final / m.path).parent), link)
+        models.append(
+            {"repo_id": m.repo_id, "revision": m.revision, "snapshot": str(snap.relative_to(layout.prefix))}
+        )
+
+    debs = install_debs(inputs, manifest, keep) if with_os_packages else []
+    if debs:
+        say(f"installed {len(debs)} OS packages with dpkg")
+
+    atomic_write_text(layout.env_file, render_env_file())
+    receipt = write_receipt(
+        staging,
+        name=manifest.name,
+        version=manifest.version,
+        bundle_digest=verified.bundle_digest,
+        signers=verified.signers,
+        installer=installer,
+        models=models,
+        verified_at=verified.verified_at,
+    )
+    fsync_dir(staging)
+
+    return installer, models, receipt
 
 
 def exchange(a: Path, b: Path) -> bool:

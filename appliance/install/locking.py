@@ -1,4 +1,4 @@
-"""One install at a time per prefix, and the test hook that kills an install mid-way.
+"""One install at a time per prefix, and the test hooks that kill or pause an install mid-way.
 
 The lock is an flock on PREFIX/.install.lock. Children (uv, pip, dpkg) inherit its fd,
 so after a kill -9 the lock is held until they have exited too: the next install waits
@@ -26,11 +26,17 @@ KILL_ENV = "ENCLAVE_TEST_KILL_AT"
 (`verified`, `venv`, `models`, `switch`), so the crash-safety tests can kill it exactly
 there. It only ever makes an install die; it never skips a check."""
 KILL_PHASES = ("verified", "venv", "models", "switch")
+STOP_ENV = "ENCLAVE_TEST_STOP_AT"
+"""Test hook: `ENCLAVE_TEST_STOP_AT=PHASE` makes the install SIGSTOP itself at PHASE, so a
+test can change the world right there (swap a file on the bundle media after verification)
+and SIGCONT it. Like the kill hook, it only ever pauses an install; it never skips a check."""
 
 
 def kill_point(phase: str) -> None:
     if os.environ.get(KILL_ENV) == phase:
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get(STOP_ENV) == phase:
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 @contextlib.contextmanager

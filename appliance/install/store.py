@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import shutil
 from collections.abc import Callable, Iterable
@@ -22,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.bundle.format import BundleManifest, FileEntry, ModelRef
-from appliance.fsutil import CHUNK, fsync_dir, sha256_file
-from appliance.install.errors import InstallError, ModelNotFound
+from appliance.fsutil import fsync_dir, sha256_file
+from appliance.install import media
+from appliance.install.errors import ModelNotFound
 from appliance.install.releases import current_release
 from appliance.paths import Layout
 
@@ -81,17 +81,6 @@ def resolve_model(layout: Layout, ref: str) -> ResolvedModel:
     raise ModelNotFound(f"{ref}: not a model of release {release.release_name} (models: {known})")
 
 
-def _copy_hashing(src: Path, dst: Path) -> str:
-    h = hashlib.sha256()
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        while chunk := fin.read(CHUNK):
-            h.update(chunk)
-            fout.write(chunk)
-        fout.flush()
-        os.fsync(fout.fileno())
-    return h.hexdigest()
-
-
 def ensure_blob(layout: Layout, src: Path, sha256: str) -> Path:
     """The blob for `sha256`, copied from `src` if the store lacks it (hash checked in the copy)."""
     blobs = blobs_dir(layout)
@@ -103,10 +92,8 @@ def ensure_blob(layout: Layout, src: Path, sha256: str) -> Path:
     blobs.mkdir(parents=True, exist_ok=True)
     tmp = blobs / f"{TMP_PREFIX}{sha256}.{os.getpid()}"
     try:
-        got = _copy_hashing(src, tmp)
-        if got != sha256:
-            raise InstallError(f"{src}: sha256 changed since verification ({got[:16]} != {sha256[:16]})")
-        os.chmod(tmp, 0o444)
+        tmp.unlink(missing_ok=True)
+        media.copy_checked(src, tmp, sha256, perms=0o444)
         os.replace(tmp, blob)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -151,13 +138,17 @@ def install_model(
     tmp = snap.parent / f"{TMP_PREFIX}{model.revision}.{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    for i, entry in enumerate(files):
-        blob = ensure_blob(layout, bundle_dir / entry.path, entry.sha256)
-        dst = tmp / entry.path[len(root) + 1 :]
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        _link_or_copy(blob, dst)
-        if on_file is not None:
-            on_file(i)
+    try:
+        for i, entry in enumerate(files):
+            blob = ensure_blob(layout, bundle_dir / entry.path, entry.sha256)
+            dst = tmp / entry.path[len(root) + 1 :]
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            _link_or_copy(blob, dst)
+            if on_file is not None:
+                on_file(i)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # (a kill leaves it to the next install's sweep)
+        raise
     if snap.exists():  # damaged or different: replace it whole
         old = snap.parent / f"{TMP_PREFIX}old-{model.revision}.{os.getpid()}"
         os.replace(snap, old)
