@@ -49,7 +49,8 @@ class EnclaveConfig(BaseModel):
     """The enclave's data key (32 random bytes, root-only). Default: ETC/keys/enclave.key."""
     ner_model: str | None = None
     """spaCy pipeline that finds names in `enclave data add` (a directory, e.g. a model from the
-    bundle, or an installed package name). Unset: names are found by patterns only."""
+    bundle, or an installed package name). Unset: the pipeline the installed release ships (its
+    venv's spaCy pipeline package); with none, `data add` refuses unless given --no-ner."""
     train_scratch: Literal["auto", "volume"] = "auto"
     """Where a run's scratch (checkpoints, caches, the unsealed adapter) goes: `auto` puts it on
     a tmpfs when it fits (appliance.train.scratch), `volume` always in the run directory."""

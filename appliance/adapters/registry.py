@@ -30,6 +30,7 @@ from appliance.config import Classification
 from appliance.crypto.aead import decrypt_bytes, encrypt_bytes
 from appliance.crypto.errors import TamperedCiphertext
 from appliance.crypto.keys import PURPOSE_ADAPTERS, DataKey, load_enclave_key
+from appliance.data.store import no_ner_datasets
 from appliance.errors import UsageError
 from appliance.fsutil import atomic_write_bytes, fsync_dir
 from appliance.paths import Layout
@@ -86,6 +87,8 @@ CREATE TABLE IF NOT EXISTS adapter_promotions (
 # Version 2: an adapter trained on top of another one merged into its base (DPO after SFT)
 # names that parent; JSON {name, version, plaintext_sha256}, NULL for one on the base itself.
 _DDL_V2 = "ALTER TABLE adapters ADD COLUMN stacks_on TEXT;"
+# Version 3: which of its datasets were scrubbed without NER (`data add --no-ner`), JSON list.
+_DDL_V3 = "ALTER TABLE adapters ADD COLUMN datasets_no_ner TEXT;"
 
 
 class AdapterRecord(BaseModel):
@@ -118,6 +121,8 @@ class AdapterRecord(BaseModel):
     stacks_on: dict[str, str] | None = None
     """The adapter this one was trained on, merged into the base model first (name, version,
     plaintext_sha256); loading it means merging that chain, root first, then applying this."""
+    datasets_no_ner: list[str] = []
+    """Those of `dataset_hashes` scrubbed with names found by patterns only (`--no-ner`)."""
 
     @property
     def ref(self) -> str:
@@ -130,12 +135,13 @@ class AdapterRecord(BaseModel):
 def connect(layout: Layout) -> sqlite3.Connection:
     conn = registry.connect(layout)
     registry.ensure_schema(conn, "adapters", 1, _DDL)
-    try:
-        registry.ensure_schema(conn, "adapters", 2, _DDL_V2)
-    except sqlite3.OperationalError as exc:
-        # Another process added the column between our version check and our ALTER.
-        if "duplicate column" not in str(exc):
-            raise
+    for version, ddl in ((2, _DDL_V2), (3, _DDL_V3)):
+        try:
+            registry.ensure_schema(conn, "adapters", version, ddl)
+        except sqlite3.OperationalError as exc:
+            # Another process added the column between our version check and our ALTER.
+            if "duplicate column" not in str(exc):
+                raise
     return conn
 
 
@@ -155,6 +161,7 @@ def _record(row: sqlite3.Row) -> AdapterRecord:
     d["dataset_hashes"] = json.loads(d["dataset_hashes"])
     d["frameworks"] = json.loads(d.pop("frameworks_json"))
     d["stacks_on"] = json.loads(d["stacks_on"]) if d.get("stacks_on") else None
+    d["datasets_no_ner"] = json.loads(d["datasets_no_ner"]) if d.get("datasets_no_ner") else []
     return AdapterRecord.model_validate(d)
 
 
@@ -254,7 +261,8 @@ def log_event(
 _COLUMNS = (
     "name, version, major, minor, patch, stage, ciphertext_sha256, ciphertext_size, plaintext_sha256, "
     "plaintext_size, files_json, dataset_hashes, base_model_id, base_revision, config_hash, frameworks_json, "
-    "classification, train_loss, eval_loss, run_id, key_id, created, stage_changed, origin, stacks_on"
+    "classification, train_loss, eval_loss, run_id, key_id, created, stage_changed, origin, stacks_on, "
+    "datasets_no_ner"
 )
 # Built from the constant column list above, never from input.
 _INSERT = "INSERT INTO adapters({}) VALUES ({})".format(  # noqa: S608
@@ -269,6 +277,7 @@ def _insert(conn: sqlite3.Connection, rec: AdapterRecord) -> None:
     d["dataset_hashes"] = json.dumps(d["dataset_hashes"])
     d["frameworks_json"] = json.dumps(d.pop("frameworks"), sort_keys=True)
     d["stacks_on"] = json.dumps(d["stacks_on"], sort_keys=True) if d["stacks_on"] else None
+    d["datasets_no_ner"] = json.dumps(d["datasets_no_ner"]) if d["datasets_no_ner"] else None
     conn.execute(_INSERT, d)
     log_event(conn, rec, rec.origin, rec.stage, from_stage="-")
 
@@ -463,6 +472,7 @@ def _register_sealed(layout: Layout, path: Path, *, name: str, bump: Bump, recor
                 stage="staging",
                 created=stamp,
                 stage_changed=stamp,
+                datasets_no_ner=no_ner_datasets(conn, list(record["dataset_hashes"])),
                 **record,
             )
             _insert(conn, rec)

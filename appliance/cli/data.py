@@ -16,10 +16,17 @@ NerOpt = Annotated[
     str | None,
     typer.Option(
         "--ner-model",
-        help="spaCy pipeline for names, a directory or package (default: ENCLAVE_NER_MODEL, ner_model).",
+        help="spaCy pipeline for names, a directory or package (default: ENCLAVE_NER_MODEL, ner_model, "
+        "else the one the installed release ships).",
     ),
 ]
-NoNerOpt = Annotated[bool, typer.Option("--no-ner", help="Find names by patterns only.")]
+NoNerOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-ner",
+        help="Find names by patterns only (weaker; the dataset and its adapters are marked no-NER).",
+    ),
+]
 
 
 def _progress(label: str):
@@ -123,6 +130,15 @@ def _print_scrub(rep: dict) -> None:
     replaced = ", ".join(f"{t} {n}" for t, n in rep.get("replaced", {}).items()) or "nothing found"
     out.print(f"  replaced: {replaced}", soft_wrap=True)
     out.print(f"  detectors: {', '.join(rep.get('detectors', []))}", soft_wrap=True)
+    out.print(f"  names: {_names_line(rep)}", soft_wrap=True, markup=False)
+
+
+def _names_line(rep: dict) -> str:
+    if rep.get("ner"):
+        return f"NER {rep['ner']} + patterns"
+    if any(d.startswith("name:ner(") for d in rep.get("detectors", [])):
+        return "NER + patterns"  # a report from before the `ner` key
+    return "patterns only (--no-ner): names the patterns do not know may remain"
 
 
 @data_app.command("list")
@@ -136,7 +152,7 @@ def list_(prefix: PrefixOpt, as_json: JsonOpt = False) -> None:
         err.print("no datasets registered")
         return
     for r in recs:
-        state = " (erased)" if r.erased else ""
+        state = (" (erased)" if r.erased else "") + (" (no NER)" if r.no_ner else "")
         out.print(
             f"{r.name}\t{r.sha256[:12]}\t{r.schema}\t{r.classification.name}\t"
             f"{r.train_rows}+{r.eval_rows} rows{state}",
@@ -159,6 +175,9 @@ def show(
         return
     for k, v in doc.items():
         out.print(f"{k}: {v}", soft_wrap=True)
+    if rec.scrub:
+        out.print(f"detectors: {', '.join(rec.scrub.get('detectors', []))}", soft_wrap=True)
+        out.print(f"names: {_names_line(rec.scrub)}", soft_wrap=True, markup=False)
 
 
 @data_app.command("scan")

@@ -103,10 +103,16 @@ def install_cmd(
 @app.command("status")
 def status_cmd(prefix: PrefixOpt, as_json: JsonOpt = False) -> None:
     """Releases, which one is current, the model store, and the last installs."""
+    from appliance.data.pii.names import release_pipelines
     from appliance.install.diskspace import human
     from appliance.install.manage import status
 
-    st = status(layout(prefix))
+    lay = layout(prefix)
+    st = status(lay)
+    # The NER pipeline `enclave data add` uses by default: the spaCy pipeline the release ships.
+    st["ner_pipelines"] = [
+        {"name": p.name, "version": p.version, "path": str(p.path)} for p in release_pipelines(lay)
+    ]
     if as_json:
         emit_json(st)
         return
@@ -126,6 +132,14 @@ def status_cmd(prefix: PrefixOpt, as_json: JsonOpt = False) -> None:
             f"{', '.join(m['releases']) or 'nothing'}",
             soft_wrap=True,
         )
+    if st["current"]:
+        ner = st["ner_pipelines"]
+        line = (
+            f"{ner[0]['name']}=={ner[0]['version']} (data add uses it for names)"
+            if ner
+            else "none in this release: data add refuses without --ner-model or --no-ner"
+        )
+        out.print(f"names   {line}", soft_wrap=True, markup=False)
 
 
 @app.command("rollback")

@@ -46,7 +46,7 @@ class DatasetErased(DataError):
 
 class NerUnavailable(DataError):
     exit_code = 47
-    summary = "the configured NER model for names could not be loaded"
+    summary = "no NER pipeline for names (pass --no-ner deliberately), or the configured one cannot be loaded"
 
 
 class UnknownPlaceholder(DataError):

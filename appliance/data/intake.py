@@ -101,10 +101,17 @@ class AddResult:
     already: bool
 
 
-def make_scrubber(layout: Layout, ner_model: str | None = None, *, use_ner: bool = True) -> Scrubber:
-    """The analyzer the enclave is configured for: NER where a model is set, patterns always."""
-    spec = names.configured_spec(layout, ner_model) if use_ner else None
-    ner = names.load_ner(spec) if spec else None
+def make_scrubber(
+    layout: Layout, ner_model: str | None = None, *, use_ner: bool = True, search: list[Path] | None = None
+) -> Scrubber:
+    """The analyzer the enclave is configured for: patterns always, and NER unless `use_ner`
+    is False (`--no-ner`, a deliberate choice the dataset's record keeps).
+
+    The NER pipeline is --ner-model, ENCLAVE_NER_MODEL or `ner_model`, else the one the
+    installed release ships; with none, intake refuses rather than silently keep names
+    (NerUnavailable). `search` replaces this interpreter's site-packages as the last place
+    a pipeline is looked for (see names.default_spec)."""
+    ner = names.load_ner(names.default_spec(layout, ner_model, search=search)) if use_ner else None
     return Scrubber(Analyzer(ner=ner))
 
 
@@ -279,6 +286,8 @@ def _store(
                             "source_sha256": raw.sha256,
                             "created": created,
                             "added_by": card["added_by"],
+                            # Names by patterns only (--no-ner): marked in the registry.
+                            "no_ner": int(scrub_info is not None and not scrub_info.get("ner")),
                         },
                     )
                 placed = False  # committed: the files now belong to a registered dataset

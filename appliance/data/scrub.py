@@ -208,8 +208,11 @@ class Scrubber:
 
     def report(self) -> dict[str, Any]:
         distinct = Counter(ph.rsplit("_", 1)[0] for ph in self.originals)
+        ner = self.analyzer.ner
         return {
             "detectors": list(self.analyzer.detectors_run),
+            # The NER pipeline that found names, or None: patterns only (`--no-ner`).
+            "ner": ner.label if ner is not None else None,
             "rows": self.rows_seen,
             "replaced": {t: self.occurrences[t] for t in TYPES if self.occurrences[t]},
             "distinct": {t: distinct[t] for t in TYPES if distinct[t]},

@@ -59,13 +59,43 @@ CREATE TABLE IF NOT EXISTS data_access (
 );
 """
 
+# Version 2: datasets scrubbed without the NER model (`data add --no-ner`, names found by
+# patterns only) are marked, so training and the adapters made from them can say so. Rows
+# from before are marked from the detectors their scrub report lists.
+_DDL_V2 = """
+ALTER TABLE datasets ADD COLUMN no_ner INTEGER NOT NULL DEFAULT 0;
+UPDATE datasets SET no_ner = 1 WHERE scrub_json IS NOT NULL AND instr(scrub_json, 'name:ner(') = 0;
+"""
+
 _HEX = re.compile(r"[0-9a-f]{12,64}")
 
 
 def connect(layout: Layout) -> sqlite3.Connection:
     conn = registry.connect(layout)
     registry.ensure_schema(conn, "data", 1, _DDL)
+    try:
+        registry.ensure_schema(conn, "data", 2, _DDL_V2)
+    except sqlite3.OperationalError as exc:
+        # Another process added the column between our version check and our ALTER.
+        if "duplicate column" not in str(exc):
+            raise
     return conn
+
+
+def no_ner_datasets(conn: sqlite3.Connection, hashes: list[str]) -> list[str]:
+    """Those of `hashes` registered as scrubbed without NER; none where no data store exists."""
+    if not hashes:
+        return []
+    marks = ", ".join("?" for _ in hashes)
+    try:
+        rows = conn.execute(
+            f"SELECT sha256 FROM datasets WHERE no_ner = 1 AND sha256 IN ({marks})",  # noqa: S608
+            tuple(hashes),
+        ).fetchall()
+    except sqlite3.OperationalError:  # no datasets table, or one from before the mark
+        return []
+    found = {r[0] for r in rows}
+    return [h for h in hashes if h in found]
 
 
 @dataclass(frozen=True)
@@ -87,6 +117,8 @@ class DatasetRecord:
     added_by: str
     erased: str | None
     purged: str | None
+    no_ner: bool = False
+    """Scrubbed without the NER model (`--no-ner`): names were found by patterns only."""
 
     @property
     def directory(self) -> Path:
@@ -114,6 +146,7 @@ class DatasetRecord:
             "added_by": self.added_by,
             "erased": self.erased,
             "purged": self.purged,
+            "no_ner": self.no_ner,
         }
 
 
@@ -141,6 +174,7 @@ def record_from_row(layout: Layout, row: sqlite3.Row) -> DatasetRecord:
         added_by=row["added_by"],
         erased=row["erased"],
         purged=row["purged"],
+        no_ner=bool(row["no_ner"]),
     )
 
 

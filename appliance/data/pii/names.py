@@ -160,7 +160,16 @@ _PRODUCTS_TEXT = (
     "Miro Airtable Shopify Stripe PayPal Venmo Xero QuickBooks Sage Intuit DocuSign Twilio WhatsApp "
     "Telegram Signal Skype Yammer Viva Intune Entra Defender Sophos CrowdStrike Duo Authenticator"
 )
-EDGE = frozenset(_EDGE_TEXT.split()) | frozenset(_PRODUCTS_TEXT.split())
+# Teams and departments tickets are handed to ("escalated to Billing").
+_DEPARTMENTS_TEXT = (
+    "Billing Accounts Finance Payroll Procurement Facilities Security Networking Helpdesk Logistics "
+    "Compliance Legal Marketing Onboarding Offboarding Engineering Operations Infrastructure DevOps "
+    "Backend Frontend Escalations Tier L1 L2 L3 Dispatch Warehouse Fulfilment Fulfillment Returns "
+    "Refunds Collections Underwriting Claims Treasury Audit Procurement HR IT QA"
+)
+EDGE = (
+    frozenset(_EDGE_TEXT.split()) | frozenset(_PRODUCTS_TEXT.split()) | frozenset(_DEPARTMENTS_TEXT.split())
+)
 # Ordinary words that are also given names, and ones that are also surnames: next to another
 # part of a name, or in a strong context, they are read as names.
 GIVEN_WORDS = frozenset(
