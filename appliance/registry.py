@@ -35,8 +35,7 @@ def connect(layout: Layout | Path) -> sqlite3.Connection:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, timeout=30, isolation_level=None)
     except (OSError, sqlite3.Error) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
-        raise HostFileError(f"{path}: cannot open the registry: {reason}", path=str(path)) from None
+        raise HostFileError(f"{path}: cannot open the registry: {_why(path, exc)}", path=str(path)) from None
     try:
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
@@ -45,8 +44,19 @@ def connect(layout: Layout | Path) -> sqlite3.Connection:
         conn.executescript(_META)
     except sqlite3.Error as exc:
         conn.close()
-        raise HostFileError(f"{path}: cannot open the registry: {exc}", path=str(path)) from None
+        raise HostFileError(f"{path}: cannot open the registry: {_why(path, exc)}", path=str(path)) from None
     return conn
+
+
+def _why(path: Path, exc: Exception) -> str:
+    """sqlite says "unable to open database file" for a read-only prefix too (WAL needs to
+    write beside the file even to read): name the read-only file system when it is one."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    with contextlib.suppress(OSError):
+        if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
+            return f"{exc} (Read-only file system)"
+    return str(exc)
 
 
 def ensure_schema(conn: sqlite3.Connection, component: str, version: int, ddl: str) -> None:
