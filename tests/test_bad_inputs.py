@@ -23,7 +23,7 @@ from train_support import RECIPES, TRAINER_ENV, enclave_prefix
 
 from appliance.data import store, vault
 from appliance.data.errors import DataError, SplitError
-from appliance.errors import ConfigError, UsageError
+from appliance.errors import ConfigError, HostFileError, UsageError
 from appliance.paths import Layout
 
 ROWS = [{"instruction": f"Summarise ticket {i}.", "output": f"Ticket {i} is done."} for i in range(40)]
@@ -211,3 +211,37 @@ def test_train_with_a_read_only_prefix(make_install_bundle, install_parts, tmp_p
     proc = in_mount_ns(read_only(prefix), *args, env=TRAINER_ENV)
     line = one_line(proc, proc.returncode, str(prefix))
     assert proc.returncode != 0 and "Read-only file system" in line, line
+
+
+# --- the CLI edge ----------------------------------------------------------------------------
+
+EDGE = """
+import errno, os, sys
+from appliance.cli import run
+from appliance.cli.app import data_app
+
+def add():
+    @data_app.command("explode", hidden=True)
+    def explode(where: str) -> None:
+        if where == "nameless":  # a write to a full disk carries no file name
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        open(where + "/sub/file", "w")
+
+sys.argv = ["enclave", "data", "explode", sys.argv[1]]
+sys.exit(run(add))
+"""
+
+
+@pytest.mark.parametrize("case", ["enotdir", "nameless"])
+def test_an_oserror_no_command_typed_is_still_one_line(tmp_path, case):
+    """The last line of defence in appliance.cli.run: path (when known), command, reason."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x\n")
+    arg = str(blocker) if case == "enotdir" else "nameless"
+    proc = subprocess.run([sys.executable, "-c", EDGE, arg], capture_output=True, text=True)
+    if case == "enotdir":
+        one_line(
+            proc, HostFileError.exit_code, f"{blocker}/sub/file: enclave data explode", f"{blocker} is not"
+        )
+    else:
+        one_line(proc, HostFileError.exit_code, "enclave data explode: No space left on device")
