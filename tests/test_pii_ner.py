@@ -181,6 +181,8 @@ def test_the_release_pipeline_is_the_default(tmp_path, monkeypatch):
     [p] = release_pipelines(lay)
     assert (p.name, p.version) == (MODEL, "3.8.0") and (p.path / "config.cfg").is_file()
     assert default_spec(lay) == str(p.path)
+    status = run_enclave("status", "--prefix", str(prefix), check=True).stdout
+    assert f"names   {MODEL}==3.8.0 (data add uses it for names)" in status
     raw = tmp_path / "raw.jsonl"
     raw.write_text(json.dumps({"instruction": "Summarise", "input": TEXT, "output": "ok"}) + "\n")
     r = run_enclave(
