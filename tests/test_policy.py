@@ -9,12 +9,14 @@ datasets; each test then adds the one thing a rule forbids.
 from __future__ import annotations
 
 import copy
+import os
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import run_enclave
-from train_support import MODEL, RECIPES, enclave_prefix
+from train_support import MODEL, RECIPES, enclave_prefix, train_env
 
 from appliance.config import EnclaveConfig
 from appliance.data.store import resolve_dataset
@@ -252,7 +254,9 @@ def test_axolotl_examples_pass_and_are_pinned_to_the_enclave(lay, tmp_path, exam
 
 
 def test_recipes_pass_with_their_names_swapped_in(lay, tmp_path):
-    for recipe in ("tiny-cpu.yml", "dpo-tiny-cpu.yml", "qlora-8b.yml", "dpo-8b.yml", "qlora-8b-fsdp.yml"):
+    recipes = sorted(p.name for p in RECIPES.glob("*.yml"))
+    assert {"qlora-8b.yml", "qlora-8b-small.yml", "qlora-70b.yml", "tiny-cpu.yml"} <= set(recipes)
+    for recipe in recipes:
         conf = yaml.safe_load((RECIPES / recipe).read_text())
         conf["base_model"] = MODEL
         # Starting from a sealed SFT adapter is exercised in test_train_run (it needs one).
@@ -517,6 +521,78 @@ def test_any_url_anywhere(lay, tmp_path):
     one_refusal(lay, conf, tmp_path, "chat_template_jinja", "network location")
 
 
+@pytest.mark.parametrize(
+    "key,changes",
+    [
+        ("debug", {"debug": True}),
+        ("generate_samples", {"generate_samples": True, "num_generation_samples": 2}),
+        ("eval_table_size", {"eval_table_size": 5}),
+        ("trl.log_completions", {"trl": {"log_completions": True}}),
+        # The diffusion plugin generates samples unless told not to.
+        ("diffusion.generate_samples", {"plugins": ["axolotl.integrations.diffusion.DiffusionPlugin"]}),
+    ],
+)
+def test_options_that_log_training_rows_are_refused(lay, tmp_path, key, changes):
+    one_refusal(lay, with_(QLORA, **changes), tmp_path, key, "train.log")
+
+
+def test_row_logging_off_passes_and_the_trainer_log_level_is_pinned(lay, tmp_path):
+    conf = with_(
+        QLORA,
+        debug=False,
+        eval_table_size=0,
+        generate_samples=False,
+        plugins=["axolotl.integrations.diffusion.DiffusionPlugin"],
+        diffusion={"generate_samples": False},
+    )
+    env = run_check(lay, conf, tmp_path).environ
+    assert env["AXOLOTL_LOG_LEVEL"] == "INFO" and env["LOG_LEVEL"] == "WARNING"
+    assert "LOCAL_KERNELS" not in env
+
+
+def test_hub_kernels_are_refused_unless_in_the_store(lay, tmp_path):
+    one_refusal(lay, with_(QLORA, use_kernels=True), tmp_path, "use_kernels", "from the hub at run time")
+    for impl in ("kernels-community/flash-attn3", "kernels-community/vllm-flash-attn3@v1:flash_attn"):
+        conf = with_(QLORA, attn_implementation=impl)
+        one_refusal(lay, conf, tmp_path, "attn_implementation", "not in the installed, verified store")
+    for impl in ("sdpa", "eager", "flash_attention_2"):
+        assert "LOCAL_KERNELS" not in run_check(lay, with_(QLORA, attn_implementation=impl), tmp_path).environ
+    # A repo of the installed release (the tiny model stands in for a kernel repo): loaded from
+    # the verified snapshot, never from a hub; a revision other than the installed one is refused.
+    model = resolve_model(lay, MODEL)
+    checked = run_check(lay, with_(QLORA, attn_implementation=f"paged|{MODEL}"), tmp_path)
+    assert checked.environ["LOCAL_KERNELS"] == f"{MODEL}={model.path}"
+    conf = with_(QLORA, attn_implementation=f"{MODEL}@{'0' * 40}")
+    one_refusal(lay, conf, tmp_path, "attn_implementation", "not in the installed, verified store")
+
+
+def test_resolved_values_are_checked_again(lay, tmp_path):
+    """A plugin can switch an option on that the YAML never names (axolotl's kernels plugin
+    turns use_kernels on); the runner hands axolotl's resolved values back to the policy."""
+    checked = run_check(lay, QLORA, tmp_path)
+    policy.check_resolved(checked, {"use_kernels": None, "generate_samples": False, "trl": {}})
+    for resolved, key in (
+        ({"use_kernels": True}, "use_kernels"),
+        ({"diffusion": {"generate_samples": True}}, "diffusion.generate_samples"),
+        ({"trl": {"log_completions": True}}, "trl.log_completions"),
+        ({"attn_implementation": "kernels-community/flash-attn2"}, "attn_implementation"),
+    ):
+        with pytest.raises(PolicyRefused) as exc:
+            policy.check_resolved(checked, resolved)
+        assert f": {key}: " in str(exc.value) and len(str(exc.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("rl", ["kto", "grpo", "ebft", "dpo-ish"])
+def test_rl_without_a_dataset_schema_is_refused(lay, tmp_path, rl):
+    one_refusal(lay, with_(LORA_1B, rl=rl), tmp_path, "rl", "no registered dataset schema serves it")
+
+
+def test_datasets_must_be_a_list(lay, tmp_path):
+    one_refusal(lay, with_(LORA_1B, datasets="tickets"), tmp_path, "datasets", "must be a list")
+    conf = with_(LORA_1B, test_datasets={"path": "tickets", "type": "alpaca"})
+    one_refusal(lay, conf, tmp_path, "test_datasets", "must be a list")
+
+
 def test_every_broken_rule_is_its_own_line(lay, tmp_path):
     conf = with_(
         QLORA, hub_model_id="acme/x", wandb_project="acme", output_dir="/tmp/x", trust_remote_code=True
@@ -552,13 +628,62 @@ def test_check_cli_refusal_is_one_line_and_exit_51(prefix, tmp_path):
 def test_check_cli_ok_and_json(prefix, tmp_path):
     good = tmp_path / "run.yml"
     good.write_text(LORA_1B)
-    proc = run_enclave("train", "--check", str(good), "--prefix", str(prefix), "--json")
+    proc = run_enclave("train", "--check", str(good), "--prefix", str(prefix), "--json", env=train_env())
     assert proc.returncode == 0, proc.stderr
     import json
 
     report = json.loads(proc.stdout)
     assert report["ok"] and report["classification"] == "internal"
     assert report["datasets"][0]["name"] == "tickets"
+    assert report["notes"][0].startswith("axolotl's config schema: ok (")
+
+
+def check_lines(prefix: Path, tmp_path: Path, code: int, **changes) -> list[str]:
+    run = tmp_path / "run.yml"
+    run.write_text(yaml.safe_dump(with_(LORA_1B, **changes), sort_keys=False))
+    proc = run_enclave("train", "--check", str(run), "--prefix", str(prefix), env=train_env())
+    assert proc.returncode == code, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    lines = [ln.removeprefix("error: ") for ln in proc.stderr.splitlines() if ln.strip()]
+    assert all(ln.startswith(f"{run}: ") for ln in lines), proc.stderr
+    return [ln.removeprefix(f"{run}: ") for ln in lines]
+
+
+def test_check_runs_axolotls_schema_one_line_per_key(prefix, tmp_path):
+    """axolotl ignores keys it does not know and lets sequence_len: 0 through; --check does not."""
+    lines = check_lines(
+        prefix, tmp_path, 56,
+        learning_rat=0.1, sequence_len=0, datasets=[{"path": "tickets", "type": "alpaca", "typ": "x"}],
+    )  # fmt: skip
+    unknown = "unknown key (axolotl would ignore it and use its default); did you mean"
+    assert lines == [
+        f"learning_rat: {unknown} learning_rate?",
+        f"datasets[0].typ: {unknown} type?",
+        "sequence_len: 0 must be at least 1",
+    ]
+    lines = check_lines(prefix, tmp_path, 56, micro_batch_size="two", learning_rate=[0.1])
+    assert lines == [
+        "micro_batch_size: 'two' is not an integer",
+        "learning_rate: must be a string or a number",
+    ]
+
+
+def test_check_sees_what_a_plugin_turns_on(prefix, tmp_path):
+    # axolotl's kernels plugin sets use_kernels unless the YAML says otherwise.
+    lines = check_lines(prefix, tmp_path, 51, plugins=["axolotl.integrations.kernels.KernelsPlugin"])
+    assert len(lines) == 1 and lines[0].startswith("use_kernels: ") and "turns it on" in lines[0]
+
+
+def test_check_without_a_trainer_venv_is_refused(prefix, tmp_path):
+    good = tmp_path / "run.yml"
+    good.write_text(LORA_1B)
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(os.path.realpath(sys.executable))  # no axolotl there
+    proc = run_enclave(
+        "train", "--check", str(good), "--prefix", str(prefix), env={"ENCLAVE_TRAINER_VENV": str(venv)}
+    )
+    assert proc.returncode == 52 and "axolotl is not installed" in proc.stderr, proc.stderr
 
 
 def test_check_cli_bad_yaml(prefix, tmp_path):

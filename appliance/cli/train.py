@@ -16,7 +16,9 @@ from appliance.cli.app import JsonOpt, PrefixOpt, app, emit_json, err, layout
 def train_cmd(
     run_yaml: Annotated[Path, typer.Argument(help="An axolotl YAML (see manifests/recipes/).")],
     prefix: PrefixOpt,
-    check: Annotated[bool, typer.Option("--check", help="Only check the YAML against policy.")] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Only check the YAML: policy, then axolotl's own schema.")
+    ] = False,
     name: Annotated[
         str | None, typer.Option("--name", help="Adapter name (default: the YAML's file name).")
     ] = None,
@@ -30,7 +32,7 @@ def train_cmd(
 
     lay = layout(prefix)
     if check:
-        checked = runner.check_only(lay, run_yaml)
+        checked = runner.check_only(lay, run_yaml, gpus)
         if json_:
             emit_json(
                 {
@@ -41,12 +43,15 @@ def train_cmd(
                     ],
                     "classification": checked.classification.name,
                     "config": checked.config,
+                    "notes": checked.notes,
                 }
             )
         else:
             err.print(
                 f"{run_yaml}: ok: {checked.repo_id}@{checked.revision[:12]}, "
                 f"{len(checked.datasets)} registered dataset(s), classification {checked.classification.name}"
+                + "".join(f"; {note}" for note in checked.notes),
+                soft_wrap=True,
             )
         return
     result = runner.train(

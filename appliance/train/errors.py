@@ -36,6 +36,11 @@ class SealFailed(TrainError):
     summary = "the trained adapter could not be sealed; its plaintext was removed"
 
 
+class ConfigInvalid(TrainError):
+    exit_code = 56
+    summary = "the run YAML is not a valid axolotl config (axolotl's own schema; names the key)"
+
+
 class SweepFailed(TrainError):
     exit_code = 57
     summary = "plaintext a dead run left could not be removed (names the path and why)"

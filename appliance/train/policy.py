@@ -60,6 +60,42 @@ COMET_OK_MODES = {"disabled", "offline"}
 # axolotl plugins whose whole purpose is a remote service.
 ONLINE_PLUGINS = ("swanlab", "hatchery", "nemo_gym")
 
+# Options that write training rows (tokenised examples, prompts drawn from the data, the
+# model's continuations of them) into axolotl's output. That output is the run's train.log,
+# kept in plaintext as part of the run record: it outlives the run, the sweep and
+# `enclave data erase --purge`, so scrubbed rows and any personal data the scrubber missed
+# would stay readable there. (dotted key, why); refused when set.
+ROW_LOGGING_KEYS: tuple[tuple[str, str], ...] = (
+    # axolotl 0.19 drops `debug` from the YAML (only `--debug` on its CLI acts); refused so a
+    # version that reads it again cannot start printing rows.
+    ("debug", "asks axolotl to print tokenised training rows (check_dataset_labels)"),
+    ("generate_samples", "logs prompts taken from the training data with the model's continuations"),
+    ("eval_table_size", "logs eval prompts and predictions as a table"),
+    ("trl.log_completions", "prints prompts from the training data with their completions"),
+    ("diffusion.generate_samples", "logs prompts taken from the training data with generated samples"),
+)
+ROW_LOGGING_WHY = "into train.log, which the run keeps in plaintext (it outlives `data erase --purge`)"
+# The diffusion plugin generates samples unless told not to.
+ROW_LOGGING_PLUGIN_DEFAULTS = (("diffusion", "diffusion.generate_samples"),)
+# The trainer's log levels, pinned: at DEBUG axolotl's prompt strategies log the text they tokenise.
+TRAINER_LOG_ENV = {"AXOLOTL_LOG_LEVEL": "INFO", "LOG_LEVEL": "WARNING"}
+
+# Compiled code fetched from a hub at run time. `use_kernels` lets transformers swap layers for
+# kernels-community builds it picks itself (none named in the YAML, none verified here); an
+# `attn_implementation` of the form ORG/REPO[@REV][:NAME] loads that repo's build. Such a repo
+# may be used when it is in the installed, verified store: the trainer then loads it from there
+# (the kernels library's LOCAL_KERNELS), never from a hub.
+KERNEL_REPO = re.compile(r"^(?:[^|]+\|)?(?P<repo>[^/:@|]+/[^/:@|]+)(?:@(?P<rev>[^/:|]+))?(?::[^/:|]+)?$")
+
+# The rl trainers a registered dataset schema serves (appliance.data.schema: alpaca, chat, dpo).
+RL_SCHEMA = {"dpo": "dpo", "ipo": "dpo", "orpo": "dpo", "simpo": "dpo"}
+RL_NEEDS = {
+    "kto": "KTO trains on prompt/completion/label rows",
+    "grpo": "GRPO needs reward functions (code) and prompt-only rows",
+    "gdpo": "GDPO needs reward functions (code) and prompt-only rows",
+    "ebft": "EBFT needs prompt-only rows and a generation loop",
+}
+
 # Resuming or starting from a directory would read plaintext weights from outside the run.
 # A run may start from a sealed adapter instead: `lora_model_dir: adapter:REF`. SFT continues
 # it; an rl run (DPO) trains a fresh adapter on the base with it merged in.
@@ -100,6 +136,8 @@ class CheckedRun:
     notes: list[str] = field(default_factory=list)
     parent: Any = None
     """The sealed adapter this run starts from (an AdapterRecord), if any."""
+    kernels: dict[str, Path] = field(default_factory=dict)
+    """Hub kernel repos (attn_implementation) and their verified snapshots in the store."""
 
     @property
     def classification(self) -> Classification:
@@ -124,6 +162,14 @@ class CheckedRun:
         """The run trains on the base with the parent merged in (axolotl's rl runs build a
         fresh adapter from the config and never load `lora_model_dir`'s weights)."""
         return self.parent is not None and self.rl is not None
+
+    @property
+    def environ(self) -> dict[str, str]:
+        """What the trainer's environment must say for this config to run as checked."""
+        env = dict(TRAINER_LOG_ENV)
+        if self.kernels:
+            env["LOCAL_KERNELS"] = ":".join(f"{repo}={path}" for repo, path in sorted(self.kernels.items()))
+        return env
 
     def render(self) -> str:
         return render_config(self.config)
@@ -200,7 +246,10 @@ def check(
     model = _check_model(layout, conf, refuse)
     _check_hub(conf, refuse)
     _check_trackers(conf, refuse)
+    _check_row_logging(conf, refuse)
+    kernels = _check_kernels(layout, conf, refuse)
     _check_remote_code(conf, model, cfg, refuse)
+    _check_rl(conf, refuse)
     _check_outputs(layout, conf, refuse)
     if str(conf.get("adapter") or "").lower() not in ADAPTERS:
         refuse.add(
@@ -242,6 +291,89 @@ def check(
         model_path=model_path,
         datasets=datasets,
         parent=parent,
+        kernels=kernels,
+    )
+
+
+def check_resolved(checked: CheckedRun, resolved: dict[str, Any]) -> None:
+    """The row-logging and hub-kernel rules again, on the values axolotl's validators resolved
+    (appliance.train.schema): a plugin can turn an option on that the YAML never names."""
+    refuse = _Refusals(checked.source)
+    for key, why in ROW_LOGGING_KEYS:
+        if _set(_get(resolved, key)) and _get(resolved, key) != 0:
+            refuse.add(key, f"{why} {ROW_LOGGING_WHY} (axolotl turns it on for this config); set it to false")
+    if _set(resolved.get("use_kernels")):
+        refuse.add(
+            "use_kernels", f"{_USE_KERNELS_WHY} (axolotl turns it on for this config); set it to false"
+        )
+    impl = resolved.get("attn_implementation")
+    m = KERNEL_REPO.match(str(impl)) if isinstance(impl, str) else None
+    if m and m.group("repo") not in checked.kernels:
+        refuse.add("attn_implementation", f"{impl} loads compiled code from a hub at run time")
+    refuse.raise_any()
+
+
+def _get(conf: dict, dotted: str) -> Any:
+    node: Any = conf
+    for part in dotted.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+def _check_row_logging(conf: dict, refuse: _Refusals) -> None:
+    for key, why in ROW_LOGGING_KEYS:
+        value = _get(conf, key)
+        if _set(value) and value != 0:
+            refuse.add(key, f"{why} {ROW_LOGGING_WHY}; remove it")
+    plugins = (
+        [str(p).lower() for p in conf.get("plugins") or []] if isinstance(conf.get("plugins"), list) else []
+    )
+    for plugin, key in ROW_LOGGING_PLUGIN_DEFAULTS:
+        if any(plugin in p for p in plugins) and _get(conf, key) is None:
+            why = dict(ROW_LOGGING_KEYS)[key]
+            refuse.add(key, f"the {plugin} plugin turns it on: it {why} {ROW_LOGGING_WHY}; set it to false")
+
+
+_USE_KERNELS_WHY = (
+    "transformers would load compiled kernels of its own choosing from the hub at run time "
+    "(none named here, none verified); name an installed kernel repo in attn_implementation instead"
+)
+
+
+def _check_kernels(layout: Layout, conf: dict, refuse: _Refusals) -> dict[str, Path]:
+    from appliance.install.store import resolve_model
+
+    if _set(conf.get("use_kernels")):
+        refuse.add("use_kernels", _USE_KERNELS_WHY)
+    impl = conf.get("attn_implementation")
+    m = KERNEL_REPO.match(impl.strip()) if isinstance(impl, str) else None
+    if m is None:
+        return {}
+    repo, rev = m.group("repo"), m.group("rev")
+    try:
+        found = resolve_model(layout, f"{repo}@{rev}" if rev else repo)
+    except EnclaveError:
+        pinned = f" at {rev}" if rev else ""
+        refuse.add(
+            "attn_implementation",
+            f"{impl.strip()} loads compiled code from a hub at run time; {repo}{pinned} is not in the "
+            "installed, verified store",
+        )
+        return {}
+    return {found.repo_id: found.path}
+
+
+def _check_rl(conf: dict, refuse: _Refusals) -> None:
+    rl = conf.get("rl")
+    if not _set(rl) or str(rl).lower() in RL_SCHEMA:
+        return
+    need = RL_NEEDS.get(str(rl).lower(), "no trainer of that name is served here")
+    refuse.add(
+        "rl",
+        f"{rl}: no registered dataset schema serves it ({need}; the data store registers alpaca, "
+        f"chat and dpo rows); use one of {', '.join(RL_SCHEMA)}",
     )
 
 
@@ -377,12 +509,21 @@ def _check_outputs(layout: Layout, conf: dict, refuse: _Refusals) -> None:
             )
 
 
-def _dataset_entries(conf: dict, key: str) -> list[tuple[str, Any]]:
+# axolotl reads these as lists of entries; a single entry or a bare name is not one.
+LIST_KEYS = ("datasets", "test_datasets", "pretraining_dataset")
+
+
+def _dataset_entries(conf: dict, key: str, refuse: _Refusals | None = None) -> list[tuple[str, Any]]:
     value = conf.get(key)
     if not _set(value):
         return []
     if isinstance(value, list):
         return [(f"{key}[{i}]", d) for i, d in enumerate(value)]
+    if refuse is not None and key in LIST_KEYS:
+        refuse.add(
+            key, f"must be a list of entries (`- path: NAME` and its `type:`), not {type(value).__name__}"
+        )
+        return []
     return [(key, value)]
 
 
@@ -393,10 +534,11 @@ def _check_datasets(layout: Layout, conf: dict, cfg: EnclaveConfig, refuse: _Ref
     rl = conf.get("rl")
     entries = [
         (k, d, "train")
-        for k, d in _dataset_entries(conf, "datasets") + _dataset_entries(conf, "pretraining_dataset")
+        for k, d in _dataset_entries(conf, "datasets", refuse)
+        + _dataset_entries(conf, "pretraining_dataset", refuse)
     ]
-    entries += [(k, d, "eval") for k, d in _dataset_entries(conf, "test_datasets")]
-    if not any(split == "train" for _, _, split in entries):
+    entries += [(k, d, "eval") for k, d in _dataset_entries(conf, "test_datasets", refuse)]
+    if not any(split == "train" for _, _, split in entries) and "datasets" not in refuse.keys:
         refuse.add("datasets", "missing: name at least one registered dataset")
     for key, entry, split in entries:
         if isinstance(entry, str):
@@ -422,15 +564,15 @@ def _check_datasets(layout: Layout, conf: dict, cfg: EnclaveConfig, refuse: _Ref
                 f"({cfg.ceiling.name})",
             )
             continue
-        if (
-            rl
-            and str(rl).lower() in ("dpo", "ipo", "orpo", "simpo")
-            and rec.schema != "dpo"
-            and split == "train"
-        ):
+        wanted = RL_SCHEMA.get(str(rl).lower()) if rl else None
+        if wanted and rec.schema != wanted and split == "train":
             refuse.add(
-                f"{key}.path", f"dataset {rec.name!r} has schema {rec.schema}; rl: {rl} needs a dpo dataset"
+                f"{key}.path",
+                f"dataset {rec.name!r} has schema {rec.schema}; rl: {rl} needs a {wanted} dataset",
             )
+            continue
+        if rec.schema == "suite":
+            refuse.add(f"{key}.path", f"dataset {rec.name!r} is an evaluation suite; it is never trained on")
             continue
         if not rl and rec.schema == "dpo":
             refuse.add(f"{key}.path", f"dataset {rec.name!r} is a dpo dataset; set rl: dpo to train on it")

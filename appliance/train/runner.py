@@ -37,7 +37,7 @@ from appliance.errors import EnclaveError
 from appliance.fsutil import atomic_write_bytes
 from appliance.offline import offline_environ
 from appliance.paths import Layout
-from appliance.train import policy
+from appliance.train import policy, schema
 from appliance.train import scratch as sc
 from appliance.train import state as st
 from appliance.train.errors import (
@@ -166,10 +166,24 @@ def adapter_name_for(yaml_path: Path) -> str:
     return name[:64]
 
 
-def check_only(layout: Layout, yaml_path: Path) -> policy.CheckedRun:
-    """`enclave train --check`: the policy alone, nothing written."""
+def check_only(layout: Layout, yaml_path: Path, gpus: int = 1) -> policy.CheckedRun:
+    """`enclave train --check`: the policy, then axolotl's own schema; nothing written."""
     raw = policy.load_run_yaml(yaml_path)
-    return policy.check(layout, raw, source=yaml_path, run_dir=layout.runs / "RUN_ID")
+    checked = policy.check(layout, raw, source=yaml_path, run_dir=layout.runs / "RUN_ID")
+    env, _ = trainer_env(layout)
+    check_schema(checked, env, network_isolation(), gpus)
+    return checked
+
+
+def check_schema(checked: policy.CheckedRun, env: TrainerEnv, iso: Isolation, gpus: int) -> None:
+    """axolotl's validation of the rewritten config in the trainer's Python (appliance.train.schema),
+    then the policy again on the values it resolved; the time it took goes into the notes."""
+    result = schema.validate(
+        env.python, env.venv, checked.render(), checked.config,
+        source=checked.source, isolation=iso.argv, gpus=gpus, extra_env=checked.environ,
+    )  # fmt: skip
+    policy.check_resolved(checked, result.resolved)
+    checked.notes.append(f"axolotl's config schema: ok ({result.seconds:.1f} s)")
 
 
 def _set_pdeathsig() -> None:
@@ -306,6 +320,7 @@ def train(
     parse_ref(name)
     env, frameworks = trainer_env(layout)
     iso = network_isolation()
+    check_schema(checked, env, iso, gpus)
     # The key is loaded before hours of training, not after: a run that cannot be sealed
     # would only produce plaintext to throw away.
     key = adapters_key(layout)
@@ -384,7 +399,7 @@ def train(
             proc = subprocess.Popen(
                 cmd,
                 cwd=work,
-                env=trainer_environ(env, work, run_tmpdir(run_dir, state, work)),
+                env={**trainer_environ(env, work, run_tmpdir(run_dir, state, work)), **checked.environ},
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
