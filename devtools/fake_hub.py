@@ -36,11 +36,18 @@ class _Repo:
     files: dict[str, bytes]
     lfs_threshold: int
     served: dict[str, bytes] = field(default_factory=dict)
+    declared: dict[str, int] = field(default_factory=dict)
+    """Files listed with a size but no content (a real 8B model's shards, for size plans)."""
 
     def is_lfs(self, name: str) -> bool:
         return len(self.files[name]) >= self.lfs_threshold
 
     def sibling(self, name: str) -> dict:
+        if name in self.declared:
+            size = self.declared[name]
+            fake = hashlib.sha256(f"{self.repo_id}/{name}".encode()).hexdigest()
+            return {"rfilename": name, "size": size, "blobId": fake[:40],
+                    "lfs": {"sha256": fake, "size": size, "pointerSize": 134}}  # fmt: skip
         data = self.files[name]
         if self.is_lfs(name):
             pointer = lfs_pointer(data)
@@ -93,6 +100,11 @@ class FakeHub:
             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
         }
         return self.add_files(repo_id, {**files, **(extra or {})})
+
+    def add_listing(self, repo_id: str, revision: str, sizes: dict[str, int]) -> None:
+        """List `sizes` as `repo_id`@`revision` without content: model_info answers with these
+        files and sizes, and any download of them fails (a size plan must not download)."""
+        self.repos[repo_id] = _Repo(repo_id, revision, {}, self.lfs_threshold, declared=dict(sizes))
 
     def tamper(self, repo_id: str, name: str, data: bytes) -> None:
         """Serve `data` for `name` while the metadata still describes the published file."""
@@ -199,7 +211,7 @@ class FakeHub:
             "downloads": 0,
             "likes": 0,
             "tags": [],
-            "siblings": [repo.sibling(n) for n in sorted(repo.files)],
+            "siblings": [repo.sibling(n) for n in sorted({*repo.files, *repo.declared})],
         }
         self._send(req, 200, {"Content-Type": "application/json"}, json.dumps(body).encode(), head)
 

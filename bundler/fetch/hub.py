@@ -58,15 +58,14 @@ def _safe_name(name: str) -> bool:
     return bool(name) and not p.is_absolute() and ".." not in p.parts and "\\" not in name
 
 
-def fetch_hub_model(
-    index: int, spec: ModelSpec, tree: Path, staging: Path, reporter: Reporter, workers: int = 4
-) -> Fetched:
+def list_hub_files(index: int, spec: ModelSpec) -> list:
+    """The hub's files of the model at its pinned commit, filtered by allow/ignore, with sizes
+    and hashes (`files_metadata`): what both the fetch and the size plan work from."""
     import httpx
-    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
-    from huggingface_hub.utils import disable_progress_bars, filter_repo_objects
+    from huggingface_hub.utils import filter_repo_objects
 
-    disable_progress_bars()
     assert spec.repo is not None and spec.revision is not None
     repo, rev = spec.repo, spec.revision
     where = f"models[{index}] {repo}@{rev[:12]}"
@@ -96,6 +95,22 @@ def fetch_hub_model(
     for s in siblings:
         if not _safe_name(s.rfilename):
             raise FetchError(f"{where}: the hub lists an unsafe file name {s.rfilename!r}")
+    return siblings
+
+
+def fetch_hub_model(
+    index: int, spec: ModelSpec, tree: Path, staging: Path, reporter: Reporter, workers: int = 4
+) -> Fetched:
+    import httpx
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()
+    siblings = list_hub_files(index, spec)
+    assert spec.repo is not None and spec.revision is not None
+    repo, rev = spec.repo, spec.revision
+    where = f"models[{index}] {repo}@{rev[:12]}"
 
     rel_dir = ModelRef.dir_for(repo, rev)
     dest_dir = tree / rel_dir

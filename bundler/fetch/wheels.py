@@ -310,17 +310,19 @@ def download_wheels(
     return out
 
 
-def target_tags(target: TargetPlatform) -> frozenset[Tag]:
-    """Every wheel tag pip would accept on the target host."""
+def target_tag_order(target: TargetPlatform) -> list[Tag]:
+    """Every wheel tag pip would accept on the target host, most preferred first."""
     pyver = tuple(int(x) for x in target.python.split("."))
     interp = f"cp{pyver[0]}{pyver[1]}"
     platforms = target.pip_platforms
-    return frozenset(
-        [
-            *cpython_tags(pyver, platforms=platforms),
-            *compatible_tags(pyver, interpreter=interp, platforms=platforms),
-        ]
-    )
+    return [
+        *cpython_tags(pyver, platforms=platforms),
+        *compatible_tags(pyver, interpreter=interp, platforms=platforms),
+    ]
+
+
+def target_tags(target: TargetPlatform) -> frozenset[Tag]:
+    return frozenset(target_tag_order(target))
 
 
 def _already_there(line: str, dest: Path, accepted: frozenset[Tag]) -> bool:
