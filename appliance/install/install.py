@@ -4,8 +4,11 @@ Order of work, each step safe to interrupt:
 1. take the prefix lock and sweep what an interrupted install left (staging, trash, tmp);
 2. verify the bundle with the same code as `enclave verify` (nothing is written before);
 3. decide against the current release (downgrade refused, same version a no-op);
-4. check free disk space, then build releases/.staging-NAME-VERSION.PID: venv, model
-   links into the shared store, ansible/, bundle.json, signatures/, receipt.json;
+4. check free disk space, then build releases/.staging-NAME-VERSION.PID: ansible/,
+   bundle.json, signatures/, venv, model links into the shared store, receipt.json. Every
+   file taken from a bundle directory is hashed as it is copied (appliance.install.media),
+   the wheels before uv or pip sees them, so a medium changed after step 2 is refused; a
+   failure removes the staging directory;
 5. rename the staging directory to releases/NAME-VERSION, then rename a new `current`
    symlink over the old one. Until that last rename the previous release stays current.
 """
