@@ -121,15 +121,10 @@ def build_bundle(
     files: list[FileEntry] = []
     refs_w, refs_m, refs_d = [], [], []
 
-    def add(src: Path, rel: str, kind: str, link: bool = False) -> None:
+    def add(src: Path, rel: str, kind: str) -> None:
         dst = out / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            if not link:
-                raise OSError
-            os.link(src, dst)
-        except OSError:
-            shutil.copyfile(src, dst)
+        shutil.copyfile(src, dst)  # never a hard link: the verifier refuses them
         files.append(
             FileEntry(path=rel, size=dst.stat().st_size, sha256=_sha(dst), kind=kind, source="local")
         )
@@ -144,12 +139,12 @@ def build_bundle(
         base = ModelRef.dir_for(repo_id, rev)
         for p in sorted(src.rglob("*")):
             if p.is_file():
-                add(p, f"{base}/{p.relative_to(src)}", "model", link=False)
+                add(p, f"{base}/{p.relative_to(src)}", "model")
         refs_m.append(ModelRef(repo_id=repo_id, revision=rev, path=base))
     if ansible_dir is not None:
         for p in sorted(ansible_dir.rglob("*")):
             if p.is_file() and "__pycache__" not in p.parts:
-                add(p, f"ansible/{p.relative_to(ansible_dir)}", "ansible", link=False)
+                add(p, f"ansible/{p.relative_to(ansible_dir)}", "ansible")
     for d in debs:
         add(d, f"debs/{d.name}", "deb")
         n, v = d.name.split("_")[:2]
