@@ -235,6 +235,9 @@ def test_role_words_greetings_and_titles_are_trimmed_not_dropped(raw, name):
         ("hey its wanjiru mwangi again, still broken", "wanjiru mwangi"),
         ("Best,\n— Haruto Takahashi, Finance", "Haruto Takahashi"),
         ("Me llamo Inés Núñez y necesito ayuda.", "Inés Núñez"),
+        ("Ticket from Eva Schmidt came in overnight.", "Eva Schmidt"),
+        ("Copied: Farid Haddad (farid.haddad@example.org) on the thread", "Farid Haddad"),
+        ("escalation owner Núñez <inunez@example.com>", "Núñez"),
     ],
 )
 def test_names_in_contexts_the_patterns_know(text, value):
@@ -251,6 +254,8 @@ def test_names_in_contexts_the_patterns_know(text, value):
         "Escalated to Billing yesterday.",
         "hey its broken again",
         "Dear Customer,\nthanks for waiting.",
+        "Help Centre <helpcentre@example.com> replied.",
+        "Ticket from Billing was merged.",
     ],
 )
 def test_role_words_before_ordinary_words_are_not_names(text):

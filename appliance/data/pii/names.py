@@ -119,7 +119,9 @@ HANDOVER = re.compile(
     rf"signed off by|submitted by|requested by|created by|sent by|on behalf of|spoke to|spoke with|"
     rf"speak to|speak with|talked to|talk to|call|called|ask|asked|email|emailed|ping|pinged|thank|"
     rf"thanks|according to|notes from|message from|remind|reminded|told|tell|met|meet|meeting with|"
-    rf"voicemail for|callback for|left for|sorry|cc|cc'd)"
+    rf"voicemail for|callback for|left for|sorry|cc|cc'd|"
+    rf"(?:ticket|case|email|e-mail|mail|message|call|request|complaint|reply|note|feedback|letter|chat|"
+    rf"voicemail|query|enquiry|inquiry|escalation|review)s? from)"
     rf"{_SP}(?P<v>{_NAME})"
 )
 MENTION = re.compile(rf"(?<![\w@])@(?P<v>{_WORD}(?:{_SP}{_WORD})?)")
@@ -526,6 +528,7 @@ def pattern_names(text: str) -> Iterator[Finding]:
             ):
                 continue
             yield f
+    yield from _beside_email(text)
     for m in INTRO_LOWER.finditer(text):
         v = m.group("v")
         core = [w for w in _words(v) if w.lower() not in PARTICLES]
@@ -536,6 +539,33 @@ def pattern_names(text: str) -> Iterator[Finding]:
             f = _finding(text, m.start("v"), m.group("v"), rule)
             if f is not None and (_uncommon(f.text) or _words(f.text)[0] in GIVEN_WORDS):
                 yield f
+
+
+_EMAIL = re.compile(r"(?<![\w.+-])(?P<local>[A-Za-z0-9][A-Za-z0-9._%+-]*)@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+_NAME_BEFORE = re.compile(rf"(?P<v>{_NAME})[ \t]*[(<\[,:]?[ \t]*(?:mailto:)?$")
+
+
+def _fold(word: str) -> str:
+    """Lower case without accents, as names are spelt in e-mail addresses ("Núñez" -> "nunez")."""
+    import unicodedata
+
+    return "".join(c for c in unicodedata.normalize("NFKD", word.lower()) if c.isascii() and c.isalnum())
+
+
+def _beside_email(text: str) -> Iterator[Finding]:
+    """A capitalised name right before an e-mail address spelt from it: "Eva Schmidt
+    (eva.schmidt@example.org)", "Chidi Eze <c.eze@...>"."""
+    for m in _EMAIL.finditer(text):
+        local = m.group("local").lower()
+        before = _NAME_BEFORE.search(text[max(0, m.start() - 80) : m.start()])
+        if before is None:
+            continue
+        start = max(0, m.start() - 80) + before.start("v")
+        f = _finding(text, start, before.group("v"), "beside-email")
+        if f is None or not _uncommon(f.text):
+            continue
+        if any(len(_fold(w)) >= 3 and _fold(w) in local for w in _words(f.text)):
+            yield f
 
 
 def _sentence_internal(text: str, start: int) -> bool:
