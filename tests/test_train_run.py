@@ -8,6 +8,7 @@ runner's fault-injection switch (ENCLAVE_TRAIN_CRASH_AT) right after a phase is 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -26,6 +27,7 @@ from train_support import MODEL, RECIPES, enclave_prefix, train_env
 
 from appliance.data.store import resolve_dataset
 from appliance.paths import Layout
+from appliance.train import scratch as sc
 from appliance.train import state as st
 from appliance.train.sweep import sweep
 
@@ -70,8 +72,30 @@ def new_run(prefix: Path, before: set[Path]) -> Path:
     return run_dir
 
 
+def scratch(run_dir: Path) -> Path:
+    """Where the run put its checkpoints, caches and unsealed adapter: a tmpfs or the run itself."""
+    return Path(json.loads((run_dir / st.STATE).read_text())["scratch"]["path"])
+
+
 def plaintext(run_dir: Path) -> list[str]:
-    return sorted({str(p.relative_to(run_dir)) for g in PLAINTEXT_GLOBS for p in run_dir.rglob(g)})
+    """Weights, checkpoints, dataset caches left in the run directory or its tmpfs scratch."""
+    found = {str(p.relative_to(run_dir)) for g in PLAINTEXT_GLOBS for p in run_dir.rglob(g)}
+    work = scratch(run_dir)
+    if work != run_dir and work.exists():
+        found |= {str(work)} | {str(p) for p in work.rglob("*")}
+    return sorted(found)
+
+
+def unregistered_ciphertext(prefix: Path) -> list[str]:
+    """Files under PREFIX/adapters no registry row names (read directly: no command, no sweep)."""
+    from appliance.adapters import registry as reg
+
+    conn = reg.connect(Layout.at(prefix))
+    try:
+        known = {f"{a.ciphertext_sha256}.enc" for a in reg.list_adapters(conn)}
+    finally:
+        conn.close()
+    return sorted(p.name for p in (prefix / "adapters").glob("*.enc") if p.name not in known)
 
 
 def adapters(prefix: Path) -> list[dict]:
@@ -118,12 +142,20 @@ def test_tiny_recipe_trains_offline_seals_registers_and_generates(prefix, tmp_pa
     prov = json.loads((run_dir / st.PROVENANCE).read_text())
     tickets = resolve_dataset(Layout.at(prefix), "tickets")
     assert config["datasets"][0]["path"] == str(tickets.train_path)
-    assert config["output_dir"] == str(run_dir / "output")
+    state = json.loads((run_dir / st.STATE).read_text())
+    # The scratch went on RAM (this host has a tmpfs with room for a tiny model) and is gone.
+    work = scratch(run_dir)
+    assert state["scratch"]["kind"] == ("tmpfs" if sc.tmpfs_roots() else "volume")
+    assert config["output_dir"] == str(work / "output")
+    if state["scratch"]["kind"] == "tmpfs":
+        assert work.parent.name == sc.base_name(Layout.at(prefix)) and not work.exists()
+        assert f"scratch: tmpfs {work}" in proc.stderr
     assert prov["config_hash"] == hashlib.sha256(config_text.encode()).hexdigest()
     assert prov["base_model"] == f"{MODEL}@{MODEL_REV}"
     assert prov["datasets"][0]["sha256"] == tickets.sha256
     assert prov["network_isolation"].startswith("unshare -n")
     assert prov["frameworks"]["axolotl"] == "0.19.0" and "torch" in prov["frameworks"]
+    assert prov["scratch"] == state["scratch"] and prov["scratch"]["estimate_bytes"] > 0
 
     # The registry holds the same provenance; the file on disk is ciphertext.
     show = run_enclave("adapters", "show", "tickets-lora@0.1.0", "--prefix", str(prefix), "--json")
@@ -144,6 +176,7 @@ def test_tiny_recipe_trains_offline_seals_registers_and_generates(prefix, tmp_pa
     report = (run_dir / st.REPORT).read_text()
     assert "data:image/png;base64,iVBOR" in report
     assert tickets.sha256 in report and "tickets-lora@0.1.0" in report
+    assert str(work) in report  # the scratch placement is part of the record
 
     gen = run_enclave(
         "generate", "Summarise ticket 3.", "--adapter", "tickets-lora@0.1.0", "--max-new-tokens", "4",
@@ -236,7 +269,7 @@ def test_dpo_after_sft_stacks_on_the_merged_sft_adapter(prefix, tmp_path, sft_ad
     run_dir = new_run(prefix, before)
     # axolotl started from the merged model inside the run; it went with the plaintext.
     config = yaml.safe_load((run_dir / st.CONFIG).read_text())
-    assert config["base_model"] == str(run_dir / "merged-model") and "lora_model_dir" not in config
+    assert config["base_model"] == str(scratch(run_dir) / "merged-model") and "lora_model_dir" not in config
     assert plaintext(run_dir) == [] and {p.name for p in run_dir.iterdir()} <= st.RECORD
     assert "merged-model" in json.loads((run_dir / st.STATE).read_text())["removed"]
 
@@ -305,9 +338,11 @@ def test_crash_during_dpo_on_sft_leaves_no_merged_weights(prefix, tmp_path, sft_
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     run_dir = new_run(prefix, before)
     assert json.loads((run_dir / st.STATE).read_text())["phase"] == "merging"
-    assert list((run_dir / "merged-model").glob("*.safetensors")), "the merged weights must be there to sweep"
-    done = {s.run_id: s for s in sweep(Layout.at(prefix))}
-    assert "merged-model" in done[run_dir.name].removed
+    assert list((scratch(run_dir) / "merged-model").glob("*.safetensors")), "merged weights must be there"
+    # Any other command that opens the prefix is what removes them.
+    status = run_enclave("status", "--prefix", str(prefix))
+    assert f"swept run {run_dir.name} (was merging): removed " in status.stderr, status.stderr
+    assert "merged-model" in status.stderr.split(f"swept run {run_dir.name}")[1].splitlines()[0]
     assert plaintext(run_dir) == [] and {p.name for p in run_dir.iterdir()} <= st.RECORD
     state = json.loads((run_dir / st.STATE).read_text())
     assert (state["phase"], state["crashed_in"]) == ("crashed", "merging")
@@ -343,7 +378,17 @@ def test_no_trainer_venv_is_refused_before_any_run(prefix, tmp_path):
     assert runs(prefix) == before
 
 
-# --- crashes: killed at several points, swept, nothing plaintext left -------------------
+# --- crashes: killed at several points; the next command of any kind sweeps -----------------
+
+
+def after_the_kill(prefix: Path, run_dir: Path, *command: str, env: dict | None = None):
+    """Run another `enclave` command; it must leave nothing plaintext of the killed run."""
+    assert plaintext(run_dir), "the test must see the plaintext a crash leaves"
+    proc = run_enclave(*command, "--prefix", str(prefix), env=env)
+    said = proc.stdout if "--json" in command and command[0] == "sweep" else proc.stderr
+    assert run_dir.name in said, proc.stderr[-3000:]
+    assert plaintext(run_dir) == [] and {p.name for p in run_dir.iterdir()} <= st.RECORD
+    return proc
 
 
 def test_killed_during_training(prefix, tmp_path):
@@ -357,10 +402,11 @@ def test_killed_during_training(prefix, tmp_path):
         run_dir = None
         while time.monotonic() < deadline:
             new = runs(prefix) - before
-            if new:
+            if new and (next(iter(new)) / st.STATE).exists():
                 run_dir = next(iter(new))
-                if list((run_dir / "output").glob("checkpoint-*/adapter_model.safetensors")):
-                    break
+                with contextlib.suppress(KeyError, ValueError):
+                    if list((scratch(run_dir) / "output").glob("checkpoint-*/adapter_model.safetensors")):
+                        break
             assert owner.poll() is None, "enclave train ended before a checkpoint was written"
             time.sleep(0.2)
         else:
@@ -377,49 +423,70 @@ def test_killed_during_training(prefix, tmp_path):
     while st.alive(state["trainer_pgid"], state["trainer_start"]) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not st.alive(state["trainer_pgid"], state["trainer_start"])
-    assert plaintext(run_dir), "the test must see the plaintext a crash leaves"
 
-    done = {s.run_id: s for s in sweep(Layout.at(prefix))}
-    assert run_dir.name in done
-    assert plaintext(run_dir) == [] and {p.name for p in run_dir.iterdir()} <= st.RECORD
+    listed = after_the_kill(prefix, run_dir, "adapters", "list", "--json")
+    assert not [a for a in json.loads(listed.stdout) if a["name"] == "killed"]  # stdout stays JSON
     assert json.loads((run_dir / st.STATE).read_text())["phase"] == "crashed"
-    assert not [a for a in adapters(prefix) if a["name"] == "killed"]
 
 
-def crash_at(prefix: Path, tmp_path: Path, phase: str, name: str) -> Path:
+def crash_at(prefix: Path, tmp_path: Path, phase: str, name: str, **env: str) -> Path:
     before = runs(prefix)
     proc = run_enclave(
         "train", str(recipe(tmp_path, "tiny-cpu.yml", max_steps=2)), "--prefix", str(prefix), "--name", name,
-        env=train_env(ENCLAVE_TRAIN_CRASH_AT=phase),
+        env=train_env(ENCLAVE_TRAIN_CRASH_AT=phase, **env),
     )  # fmt: skip
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     run_dir = new_run(prefix, before)
     assert json.loads((run_dir / st.STATE).read_text())["phase"] == phase
-    assert list((run_dir / "output").glob("adapter_model.safetensors")), "plaintext must be there to sweep"
+    work = scratch(run_dir)
+    assert list((work / "output").glob("adapter_model.safetensors")), "plaintext must be there to sweep"
     return run_dir
 
 
 def test_crash_after_training_before_sealing(prefix, tmp_path):
-    run_dir = crash_at(prefix, tmp_path, "trained", "crash-trained")
-    # The next `enclave train` sweeps first, even one that policy then refuses.
-    bad = recipe(tmp_path, "tiny-cpu.yml", hub_model_id="acme/x")
-    proc = run_enclave("train", str(bad), "--prefix", str(prefix), env=train_env())
-    assert "hub_model_id" in one_error_line(proc, 51)
-    assert plaintext(run_dir) == [] and {p.name for p in run_dir.iterdir()} <= st.RECORD
+    # On the encrypted volume this time (the knob), swept by a policy check of another YAML.
+    run_dir = crash_at(prefix, tmp_path, "trained", "crash-trained", ENCLAVE_TRAIN_SCRATCH="volume")
+    assert json.loads((run_dir / st.STATE).read_text())["scratch"]["kind"] == "volume"
+    assert scratch(run_dir) == run_dir and (run_dir / "output").is_dir()
+    check = after_the_kill(
+        prefix, run_dir, "train", "--check", str(recipe(tmp_path, "tiny-cpu.yml")), env=train_env()
+    )
+    assert check.returncode == 0, check.stderr[-3000:]
     state = json.loads((run_dir / st.STATE).read_text())
     assert (state["phase"], state["crashed_in"]) == ("crashed", "trained")
     assert not [a for a in adapters(prefix) if a["name"] == "crash-trained"]
 
 
+def test_crash_between_ciphertext_and_registry_row(prefix, tmp_path):
+    """Killed inside the seal: SHA.enc written, its row not inserted. `enclave sweep --json`
+    removes the run's plaintext and that ciphertext, and says so."""
+    before_enc = set((prefix / "adapters").glob("*.enc"))
+    run_dir = crash_at(prefix, tmp_path, "sealing", "crash-sealing")
+    (orphan,) = unregistered_ciphertext(prefix)
+    assert (prefix / "adapters" / orphan) not in before_enc
+    assert list((prefix / "adapters").glob(f".pending-{orphan[:-4]}.*")), "the dead seal's intent marker"
+    proc = after_the_kill(prefix, run_dir, "sweep", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    (swept,) = [r for r in report["runs"] if r["run_id"] == run_dir.name]
+    assert swept["phase"] == "sealing" and "output" in swept["removed"]
+    assert orphan in report["ciphertexts"]
+    assert unregistered_ciphertext(prefix) == []
+    assert not [a for a in adapters(prefix) if a["name"] == "crash-sealing"]
+    # Nothing left: the text form says so.
+    again = run_enclave("sweep", "--prefix", str(prefix))
+    assert again.returncode == 0 and "nothing to sweep" in again.stderr, again.stderr
+
+
 def test_crash_after_sealing_before_cleanup(prefix, tmp_path):
     run_dir = crash_at(prefix, tmp_path, "sealed", "crash-sealed")
-    sealed = [a for a in adapters(prefix) if a["name"] == "crash-sealed"]
-    assert len(sealed) == 1 and sealed[0]["run_id"] == run_dir.name
-    sweep(Layout.at(prefix))
-    assert plaintext(run_dir) == [] and {p.name for p in run_dir.iterdir()} <= st.RECORD
+    listed = after_the_kill(prefix, run_dir, "data", "list")
+    assert f"swept run {run_dir.name} (was sealed)" in listed.stderr
     assert json.loads((run_dir / st.STATE).read_text())["phase"] == "cleaned"
     # The sealed adapter stays registered, its ciphertext in place, and still opens.
-    assert [a["version"] for a in adapters(prefix) if a["name"] == "crash-sealed"] == ["0.1.0"]
+    sealed = [a for a in adapters(prefix) if a["name"] == "crash-sealed"]
+    assert len(sealed) == 1 and sealed[0]["run_id"] == run_dir.name
+    assert [a["version"] for a in sealed] == ["0.1.0"]
     from appliance.adapters import registry as reg
 
     lay = Layout.at(prefix)

@@ -181,6 +181,14 @@ def _live(run_dir: Path, state: dict | None) -> bool:
     return state.get("phase") in st.ACTIVE and st.alive(state.get("owner_pid"), state.get("owner_start"))
 
 
+def _only_record(run_dir: Path, state: dict) -> bool:
+    scratch = scratch_dir(run_dir, state)
+    if scratch is not None and os.path.lexists(scratch):
+        return False
+    link = state.get("tmp_link")
+    return all(n in st.RECORD for n in os.listdir(run_dir)) and not (link and os.path.islink(link))
+
+
 def queue_entry(state: dict) -> bool:
     """A directory of the training queue (appliance.trainer.queue), which shares PREFIX/runs:
     its state.json says `state` (queued, running, ...), never `phase`, and it holds only the
@@ -200,6 +208,8 @@ def sweep_run(run_dir: Path) -> Swept | None:
     phase = state.get("phase", "unknown")
     if phase in st.ACTIVE and _live(run_dir, state):
         return None
+    if phase in st.FINAL and _only_record(run_dir, state):
+        return None  # the common case, kept to one listing: most runs under PREFIX/runs are over
     killed = _kill_trainer(state) if phase in st.ACTIVE or phase == "unknown" else False
     scratch = scratch_dir(run_dir, state)
     had_scratch = scratch is not None and scratch.exists()
@@ -210,9 +220,19 @@ def sweep_run(run_dir: Path) -> Swept | None:
             st.write_state(
                 run_dir, state, phase=new_phase, crashed_in=phase if new_phase == "crashed" else None
             )
+            _keep_owner(run_dir)
     if not removed and not killed and phase not in st.ACTIVE:
         return None
     return Swept(run_dir.name, phase, tuple(removed), killed, str(scratch) if had_scratch else None)
+
+
+def _keep_owner(run_dir: Path) -> None:
+    """root sweeping a run of the trainer service: the rewritten state file stays the run's."""
+    if os.geteuid() != 0:
+        return
+    with contextlib.suppress(OSError):
+        owner = run_dir.stat()
+        os.chown(run_dir / st.STATE, owner.st_uid, owner.st_gid)
 
 
 def _orphan_scratch(layout: Layout) -> list[Swept]:
@@ -248,13 +268,15 @@ def _orphan_scratch(layout: Layout) -> list[Swept]:
 def sweep(layout: Layout) -> list[Swept]:
     """Sweep every run directory under PREFIX/runs; returns what was done, run by run."""
     done = []
-    if layout.runs.is_dir():
-        for run_dir in sorted(layout.runs.iterdir()):
-            if not run_dir.is_dir() or run_dir.is_symlink():
-                continue
-            result = sweep_run(run_dir)
-            if result is not None:
-                done.append(result)
+    try:
+        with os.scandir(layout.runs) as it:
+            run_dirs = sorted(Path(e.path) for e in it if e.is_dir(follow_symlinks=False))
+    except (FileNotFoundError, NotADirectoryError):
+        run_dirs = []
+    for run_dir in run_dirs:
+        result = sweep_run(run_dir)
+        if result is not None:
+            done.append(result)
     if layout.prefix.is_dir():
         done += _orphan_scratch(layout)
     return done
