@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import os
 import platform
 import shutil
@@ -28,12 +29,13 @@ from appliance.bundle.format import (
     FORMAT_VERSION,
     SBOM_NAME,
     SIGNATURES_DIR,
+    BaseRef,
     BundleManifest,
     FileEntry,
     FileKind,
 )
 from appliance.bundle.keys import load_private_key
-from appliance.bundle.signing import sign_bundle
+from appliance.bundle.signing import CertSigning, load_certificate, sign_bundle
 from appliance.bundle.tree import hash_files
 from appliance.errors import FetchError, UsageError
 from appliance.fsutil import atomic_write_bytes, atomic_write_text, fsync_dir, sha256_file
@@ -42,6 +44,7 @@ from bundler.fetch.debs import fetch_debs
 from bundler.fetch.hub import fetch_hub_model
 from bundler.fetch.local import copy_ansible, fetch_file, fetch_local_model
 from bundler.fetch.wheels import build_enclave_wheel, download_wheels, resolve_python, source_tree
+from bundler.keyless import KeylessSigning, sign_keyless
 from bundler.manifest import LoadedManifest, load_manifest, utcnow
 from bundler.progress import Reporter
 from bundler.sbom import build_sbom
@@ -53,6 +56,9 @@ PARTIAL_SUFFIX = ".partial"
 class SigningKey:
     path: Path
     passphrase: bytes | None
+    # With a certificate the signature carries it and its chain (model_signing's certificate
+    # method), checked on the host against --trust-ca roots rather than a public key.
+    cert: CertSigning | None = None
 
 
 @dataclass
@@ -166,6 +172,34 @@ def _sweep(tree: Path, keep: set[str]) -> int:
     return removed
 
 
+SET_ASIDE = "from-base"
+"""Under staging/: a delta's files that the base holds, kept out of the tree (a rerun puts them
+back first, so they are reused rather than fetched again)."""
+
+
+def _set_aside(tree: Path, aside: Path, rels: set[str]) -> None:
+    for rel in sorted(rels):
+        dst = aside / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tree / rel, dst)
+    for dirpath, dirnames, _ in os.walk(tree, topdown=False):  # no directory left holding nothing
+        for name in dirnames:
+            d = Path(dirpath) / name
+            if not d.is_symlink() and not any(d.iterdir()):
+                d.rmdir()
+
+
+def _restore_set_aside(aside: Path, tree: Path) -> None:
+    if not aside.is_dir():
+        return
+    for src in sorted(p for p in aside.rglob("*") if p.is_file()):
+        dst = tree / src.relative_to(aside)
+        if not dst.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def _unshare(path: Path) -> None:
     """Replace a hard-linked file by a copy of its own (same bytes, so its hash still holds)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -179,19 +213,61 @@ def _unshare(path: Path) -> None:
         raise
 
 
+@dataclass(frozen=True)
+class Base:
+    """The bundle a delta builds on: its bundle.json, parsed, and that file's sha256."""
+
+    manifest: BundleManifest
+    digest: str
+
+    @property
+    def pins(self) -> set[tuple[str, str]]:
+        return {(f.path, f.sha256) for f in self.manifest.files}
+
+
+def load_base(path: Path) -> Base:
+    """A base from a bundle directory or its bundle.json. Its signature is not what makes the
+    delta safe: the delta's own signed bundle.json pins every base file's sha256, and the host
+    checks each one as it takes it from the installed base release."""
+    from appliance.bundle.format import parse_manifest
+
+    src = path / BUNDLE_JSON if path.is_dir() else path
+    try:
+        raw = src.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"--base {path}: cannot read {src}: {exc.strerror or exc}") from None
+    try:
+        manifest = parse_manifest(raw, str(src.parent))
+    except Exception as exc:  # BundleError/UnknownFormat carry one line
+        raise UsageError(f"--base {path}: not a bundle.json: {exc}") from None
+    return Base(manifest, hashlib.sha256(raw).hexdigest())
+
+
 def create_bundle(
     manifest_path: Path,
     out: Path,
-    keys: list[SigningKey],
+    keys: list[SigningKey | KeylessSigning],
     reporter: Reporter,
     *,
     workers: int = 4,
+    base: Path | None = None,
 ) -> Result:
     m = load_manifest(manifest_path)
+    base_ref = load_base(base) if base is not None else None
+    if base_ref is not None and base_ref.manifest.name != m.spec.name:
+        raise UsageError(
+            f"--base {base}: is a bundle of {base_ref.manifest.name!r}, not {m.spec.name!r}; "
+            "a delta updates the same product"
+        )
     if not keys:
         raise UsageError("bundle create: at least one --key is needed (a bundle is always signed)")
-    for key in keys:  # a wrong passphrase fails now, not after an hour of downloads
-        load_private_key(key.path, key.passphrase)
+    for key in keys:  # a wrong passphrase or certificate fails now, not after an hour of downloads
+        if isinstance(key, KeylessSigning):
+            key.check()
+            continue
+        private = load_private_key(key.path, key.passphrase)
+        if key.cert is not None:
+            load_certificate(private, key.cert)
     out = out.absolute()
     if out.exists() or out.is_symlink():
         raise UsageError(
@@ -203,7 +279,7 @@ def create_bundle(
         reporter.line(f"resuming from {work}")
     staging.mkdir(parents=True, exist_ok=True)
     with _exclusive(work / ".lock", out):
-        return _build(m, out, work, tree, staging, keys, reporter, workers)
+        return _build(m, out, work, tree, staging, keys, reporter, workers, base_ref)
 
 
 @contextlib.contextmanager
@@ -226,13 +302,15 @@ def _build(
     work: Path,
     tree: Path,
     staging: Path,
-    keys: list[SigningKey],
+    keys: list[SigningKey | KeylessSigning],
     reporter: Reporter,
     workers: int,
+    base: Base | None = None,
 ) -> Result:
     tree.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(tree / SIGNATURES_DIR, ignore_errors=True)
     (tree / BUNDLE_JSON).unlink(missing_ok=True)
+    _restore_set_aside(staging / SET_ASIDE, tree)
 
     fetched = _fetch_all(m, tree, staging, reporter, workers)
     produced = {p.path: p for p in fetched.files}
@@ -263,6 +341,16 @@ def _build(
     sha, size = sha256_file(tree / SBOM_NAME)
     produced[SBOM_NAME] = Produced(SBOM_NAME, FileKind.sbom, f"enclave-kit@{__version__}", sha, size)
 
+    from_base: set[str] = set()
+    if base is not None:
+        pins = base.pins
+        from_base = {rel for rel, p in produced.items() if rel != SBOM_NAME and (rel, p.sha256) in pins}
+        _set_aside(tree, staging / SET_ASIDE, from_base)
+        reporter.line(
+            f"delta on {base.manifest.release_name}: {len(produced) - len(from_base)} files carried, "
+            f"{len(from_base)} taken from the base"
+        )
+
     manifest = BundleManifest(
         format=FORMAT_VERSION,
         name=spec.name,
@@ -274,17 +362,36 @@ def _build(
         wheels=sorted(fetched.wheels, key=lambda r: r.path),
         debs=sorted(fetched.debs, key=lambda r: r.path),
         files=[
-            FileEntry(path=p.path, size=p.size or 0, sha256=p.sha256 or "", kind=p.kind, source=p.source)
+            FileEntry(
+                path=p.path,
+                size=p.size or 0,
+                sha256=p.sha256 or "",
+                kind=p.kind,
+                source=p.source,
+                base=base.digest if base is not None and p.path in from_base else None,
+            )
             for p in sorted(produced.values(), key=lambda p: p.path)
         ],
         builder={"enclave-kit": __version__, "python": platform.python_version(), "manifest": m.path.name},
+        base=(
+            BaseRef(name=base.manifest.name, version=base.manifest.version, digest=base.digest)
+            if base is not None
+            else None
+        ),
     )
     atomic_write_bytes(tree / BUNDLE_JSON, manifest.canonical_bytes())
 
     signatures = []
     for key in keys:
+        if isinstance(key, KeylessSigning):
+            task = reporter.task(f"signing keylessly as {key.identity}", total=None)
+            signatures.append(sign_keyless(tree, key, workers=workers, progress=task.bytes))
+            task.finish()
+            continue
         task = reporter.task(f"signing with {key.path.name}", total=None)
-        signatures.append(sign_bundle(tree, key.path, key.passphrase, workers=workers, progress=task.bytes))
+        signatures.append(
+            sign_bundle(tree, key.path, key.passphrase, cert=key.cert, workers=workers, progress=task.bytes)
+        )
         task.finish()
 
     if out.exists():

@@ -19,7 +19,7 @@ from enum import StrEnum
 from typing import Annotated
 
 from packaging.version import InvalidVersion, Version
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 FORMAT_VERSION = 1
 KNOWN_FORMATS = frozenset({1})
@@ -85,6 +85,17 @@ class FileEntry(Strict):
     kind: FileKind
     source: str | None = None
     """Where it came from: a purl, hub URL or 'local' (never trusted for anything but display)."""
+    base: Annotated[str | None, Field(pattern=SHA256_RE.pattern)] = None
+    """Set in a delta bundle on a file it does not carry: the digest of the base bundle.json whose
+    release holds it. The entry still pins size and sha256, so the file is checked on install."""
+
+
+class BaseRef(Strict):
+    """The bundle a delta builds on: its release and the sha256 of its bundle.json."""
+
+    name: Annotated[str, Field(pattern=NAME_RE.pattern)]
+    version: str
+    digest: Annotated[str, Field(pattern=SHA256_RE.pattern)]
 
 
 class ModelRef(Strict):
@@ -119,6 +130,8 @@ class BundleManifest(Strict):
     debs: list[PackageRef] = []
     files: list[FileEntry]
     builder: dict[str, str] = {}
+    base: BaseRef | None = None
+    """A delta bundle: files marked with `base` are taken from this release (format 1 still)."""
 
     @field_validator("version")
     @classmethod
@@ -141,8 +154,35 @@ class BundleManifest(Strict):
     def by_path(self) -> dict[str, FileEntry]:
         return {f.path: f for f in self.files}
 
+    @property
+    def carried(self) -> list[FileEntry]:
+        """The files present in this bundle (all of them, unless it is a delta)."""
+        return [f for f in self.files if f.base is None]
+
+    @property
+    def from_base(self) -> list[FileEntry]:
+        """A delta's files that the base release supplies."""
+        return [f for f in self.files if f.base is not None]
+
+    @model_validator(mode="after")
+    def _delta(self) -> BundleManifest:
+        marked = {f.base for f in self.files if f.base is not None}
+        if self.base is None and marked:
+            raise ValueError("files are marked as taken from a base, but the bundle names no 'base'")
+        if self.base is not None and marked - {self.base.digest}:
+            raise ValueError("a file names a base other than the bundle's 'base.digest'")
+        return self
+
     def canonical_bytes(self) -> bytes:
-        return canonical_json(self.model_dump(mode="json"))
+        # `base` is written only in a delta, so a full bundle's bytes are what they always were
+        # and an older verifier reads them.
+        data = self.model_dump(mode="json")
+        if data.get("base") is None:
+            data.pop("base", None)
+        for f in data["files"]:
+            if f.get("base") is None:
+                f.pop("base", None)
+        return canonical_json(data)
 
 
 def canonical_json(obj: object) -> bytes:

@@ -15,8 +15,10 @@ the failure to the field.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from appliance.bundle import dsse, keys
 from appliance.bundle.format import (
@@ -29,6 +31,7 @@ from appliance.bundle.format import (
 from appliance.bundle.tree import Progress, check_rel_path, hash_files, walk
 from appliance.errors import (
     ChangedFile,
+    KeyError_,
     MissingFile,
     UnlistedFile,
     UnsafePath,
@@ -45,8 +48,50 @@ GIT_PATHS = frozenset({".git", ".github", ".gitattributes", ".gitignore"})
 SIGNER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-def default_signer(fingerprint: str) -> str:
-    return f"key-{keys.short_id(fingerprint)}"
+@dataclass(frozen=True)
+class CertSigning:
+    """Sign with an X.509 certificate for the key (model_signing's certificate method):
+    the leaf, and the intermediates up to (not including) the root the host trusts."""
+
+    cert: Path
+    chain: tuple[Path, ...] = ()
+
+
+def default_signer(fingerprint: str, *, cert: bool = False) -> str:
+    return f"{'cert' if cert else 'key'}-{keys.short_id(fingerprint)}"
+
+
+def load_certificate(key: Any, cert: CertSigning) -> tuple[Any, list[Any]]:
+    """The leaf and chain certificates, after checking the leaf is this key's and may sign code."""
+    from cryptography import x509
+
+    from appliance.bundle.certs import check_signing_usage
+
+    def pem_certs(path: Path) -> list[Any]:
+        try:
+            found = x509.load_pem_x509_certificates(Path(path).read_bytes())
+        except OSError as exc:
+            raise KeyError_(f"{path}: cannot read ({exc.strerror or exc})", path=str(path)) from None
+        except ValueError:
+            raise KeyError_(f"{path}: not a PEM X.509 certificate", path=str(path)) from None
+        return found
+
+    leaf_all = pem_certs(cert.cert)
+    if len(leaf_all) != 1:
+        raise KeyError_(
+            f"{cert.cert}: holds {len(leaf_all)} certificates; "
+            "give the leaf alone and the rest with --cert-chain",
+            path=str(cert.cert),
+        )
+    leaf = leaf_all[0]
+    if keys.public_pem(leaf.public_key()) != keys.public_pem(key.public_key()):
+        raise KeyError_(f"{cert.cert}: certifies another key, not the signing key", path=str(cert.cert))
+    try:
+        check_signing_usage(leaf)
+    except ValueError as exc:
+        raise KeyError_(f"{cert.cert}: {exc}", path=str(cert.cert)) from None
+    chain = [c for p in cert.chain for c in pem_certs(p)]
+    return leaf, chain
 
 
 def check_not_git_path(rel: str, *, where: str) -> None:
@@ -78,6 +123,7 @@ def sign_tree(
     *,
     signer: str | None = None,
     model_name: str | None = None,
+    cert: CertSigning | None = None,
 ) -> Path:
     """Sign exactly `digests` ({path: sha256}) and write signatures/<signer>.sig.
 
@@ -87,11 +133,15 @@ def sign_tree(
     bundle_dir = Path(bundle_dir)
     key = keys.load_private_key(private_key_path, passphrase)
     fp = keys.fingerprint(key.public_key())
-    name = signer or default_signer(fp)
+    name = signer or default_signer(fp, cert=cert is not None)
     if not SIGNER_RE.match(name):
         raise UsageError(f"signer name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)")
     manifest = dsse.signed_manifest(model_name or bundle_dir.name, dict(digests), SIGNED_IGNORE_PATHS)
-    blob = dsse.sign(Path(private_key_path), passphrase, manifest)
+    if cert is None:
+        blob = dsse.sign(Path(private_key_path), passphrase, manifest)
+    else:
+        leaf, chain = load_certificate(key, cert)
+        blob = dsse.sign_with_certificate(Path(private_key_path), passphrase, leaf, chain, manifest)
     out = bundle_dir / SIGNATURES_DIR / f"{name}{SIGNATURE_SUFFIX}"
     atomic_write_bytes(out, blob)
     return out
@@ -112,6 +162,7 @@ def sign_bundle(
     passphrase: bytes | None,
     signer: str | None = None,
     *,
+    cert: CertSigning | None = None,
     workers: int | None = None,
     progress: Progress | None = None,
 ) -> Path:
@@ -121,27 +172,41 @@ def sign_bundle(
     them. Several officers at one sitting: `sign_bundle_keys` hashes once for all.
     """
     (sig,) = sign_bundle_keys(
-        bundle_dir, [(Path(private_key_path), passphrase, signer)], workers=workers, progress=progress
+        bundle_dir, [(Path(private_key_path), passphrase, signer, cert)], workers=workers, progress=progress
     )
     return sig
 
 
+SignerSpec = tuple[Path, bytes | None, str | None] | tuple[Path, bytes | None, str | None, CertSigning | None]
+
+
 def sign_bundle_keys(
     bundle_dir: Path,
-    signers: list[tuple[Path, bytes | None, str | None]],
+    signers: Sequence[SignerSpec],
     *,
     workers: int | None = None,
     progress: Progress | None = None,
 ) -> list[Path]:
-    """`sign_bundle` for (key, passphrase, signer name) each, with one hashing pass for all."""
+    """`sign_bundle` for (key, passphrase, signer name[, certificate]) each, one hashing pass for all."""
     bundle_dir = Path(bundle_dir)
-    for key_path, passphrase, _ in signers:
-        keys.load_private_key(key_path, passphrase)  # a bad key fails before any hashing
+    specs = [(s[0], s[1], s[2], s[3] if len(s) > 3 else None) for s in signers]
+    for key_path, passphrase, _, cert in specs:  # a bad key or certificate fails before any hashing
+        key = keys.load_private_key(key_path, passphrase)
+        if cert is not None:
+            load_certificate(key, cert)
     manifest = load_manifest_for_signing(bundle_dir)
     digests = checked_digests(bundle_dir, manifest, workers=workers, progress=progress)
     return [
-        sign_tree(bundle_dir, key_path, passphrase, digests, signer=name, model_name=manifest.release_name)
-        for key_path, passphrase, name in signers
+        sign_tree(
+            bundle_dir,
+            key_path,
+            passphrase,
+            digests,
+            signer=name,
+            model_name=manifest.release_name,
+            cert=cert,
+        )
+        for key_path, passphrase, name, cert in specs
     ]
 
 
@@ -153,12 +218,12 @@ def checked_digests(
     progress: Progress | None = None,
 ) -> dict[str, str]:
     """{path: sha256} of every signable file, after proving the tree is exactly what bundle.json lists."""
-    listed = manifest.by_path()
-    for rel in listed:
+    for rel in manifest.by_path():
         check_rel_path(rel, where=f"{bundle_dir / BUNDLE_JSON}")
         check_not_git_path(rel, where=f"{bundle_dir / BUNDLE_JSON}")
         if rel == BUNDLE_JSON or rel.split("/", 1)[0] == SIGNATURES_DIR:
             raise UnsafePath(f"{bundle_dir / BUNDLE_JSON}: lists {rel!r}, which cannot be listed", path=rel)
+    listed = {f.path: f for f in manifest.carried}  # a delta's base files are not in its tree
     on_disk = signable_files(bundle_dir)
     for rel in sorted(on_disk):
         if rel != BUNDLE_JSON and rel not in listed:

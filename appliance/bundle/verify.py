@@ -35,7 +35,7 @@ from glob import glob, has_magic
 from pathlib import Path
 from typing import Any
 
-from appliance.bundle import dsse, keys
+from appliance.bundle import certs, dsse, keyless, keys
 from appliance.bundle.format import (
     BUNDLE_JSON,
     SIGNATURE_SUFFIX,
@@ -72,6 +72,9 @@ class Signer:
     name: str
     fingerprint: str
     key: str
+    # Who a certificate names (its e-mail SAN, else its subject); "" for a key. For a
+    # certificate `key` is the trusted CA file and root it chains to.
+    identity: str = ""
 
 
 @dataclass
@@ -116,6 +119,16 @@ class VerifyReport:
             "models": [{"repo_id": r.repo_id, "revision": r.revision} for r in m.models],
             "wheels": len(m.wheels),
             "debs": len(m.debs),
+            "base": (
+                {
+                    "release": f"{m.base.name}-{m.base.version}",
+                    "digest": m.base.digest,
+                    "files": len(m.from_base),
+                    "bytes": sum(f.size for f in m.from_base),
+                }
+                if m.base is not None
+                else None
+            ),
         }
 
 
@@ -129,54 +142,161 @@ class TrustedKey:
     verifier: Any
 
 
-def load_trusted(trusted_keys: Iterable[Path | str]) -> dict[str, TrustedKey]:
-    trusted: dict[str, TrustedKey] = {}
+@dataclass
+class Trust:
+    """What the host trusts: officer public keys (--trust), CA roots (--trust-ca), and
+    keyless identities under a pinned Sigstore trusted root (--trusted-root with
+    --trust-identity and --trust-issuer).
+
+    `at` is the time X.509 certificates are checked at (None: now), the same `now` that
+    judges a bundle's expiry; a keyless certificate is checked at its log entry's time.
+    """
+
+    keys: dict[str, TrustedKey]
+    cas: list[certs.TrustedCA] = field(default_factory=list)
+    at: datetime | None = None
+    keyless: keyless.KeylessTrust | None = None
+
+
+def load_trusted(
+    trusted_keys: Iterable[Path | str] | Trust,
+    trust_cas: Iterable[Path | str] = (),
+    *,
+    trusted_root: Path | str | None = None,
+    trust_identities: Sequence[str] = (),
+    trust_issuer: str | None = None,
+    now: datetime | None = None,
+) -> Trust:
+    if isinstance(trusted_keys, Trust):
+        if now is not None:
+            trusted_keys.at = now
+        return trusted_keys
+    found: dict[str, TrustedKey] = {}
     for p in trusted_keys:
         path = Path(p)
         fp = keys.fingerprint(keys.load_public_key(path))
-        trusted[fp] = TrustedKey(path, fp, dsse.verifier(path))
-    if not trusted:
-        raise UsageError("no trusted public key given (--trust officer.pub)")
-    return trusted
+        found[fp] = TrustedKey(path, fp, dsse.verifier(path))
+    cas = certs.load_cas(trust_cas)
+    if trusted_root is None and (trust_identities or trust_issuer):
+        raise UsageError(
+            "--trust-identity and --trust-issuer need --trusted-root FILE (a Sigstore trusted root)"
+        )
+    sigstore = (
+        keyless.load(trusted_root, trust_identities, trust_issuer) if trusted_root is not None else None
+    )
+    if not found and not cas and sigstore is None:
+        raise UsageError(
+            "no trusted public key given (--trust officer.pub, --trust-ca ca.pem, or --trusted-root "
+            "trusted_root.json with --trust-identity and --trust-issuer)"
+        )
+    return Trust(found, cas, now, sigstore)
+
+
+def _cert_signer(
+    parsed: Any, chain: list[bytes], trusted: Trust, name: str, sig_path: str
+) -> tuple[Signer, Any] | str:
+    """(signer, verifier) for a certificate signature, or why it is not trusted (a string).
+
+    Not chaining to a trusted root is "untrusted" (ignored beside other signers, exit 15
+    alone), like a key nobody trusts; a certificate out of its validity period, a leaf not
+    meant for signing or an unparsable chain is a bad signature (exit 14).
+    """
+    rel = f"{SIGNATURES_DIR}/{name}"
+    try:
+        verified = certs.verify_chain(chain, trusted.cas, trusted.at)
+        verifier_ = dsse.leaf_verifier(verified.leaf.public_key())
+    except certs.CertUntrusted as exc:
+        return str(exc)
+    except ValueError as exc:  # CertExpired, usage, parsing, key type
+        raise SignatureInvalid(f"{sig_path}: {exc}", path=rel) from None
+    fp = keys.fingerprint(verified.leaf.public_key())
+    anchor = verified.anchor.subject.rfc4514_string()
+    ca_path = next((str(ca.path) for ca in trusted.cas if ca.cert == verified.anchor), "")
+    signer = Signer(name.removesuffix(SIGNATURE_SUFFIX), fp, f"{ca_path} ({anchor})", verified.identity)
+    return signer, verifier_
 
 
 def check_signatures(
-    sigs: Mapping[str, bytes], trusted: Mapping[str, TrustedKey], require: int, where: str
+    sigs: Mapping[str, bytes], trusted: Trust, require: int, where: str
 ) -> tuple[dict[str, str], list[Signer], list[str]]:
-    """The signed statement {path: sha256}, the distinct trusted signers, untrusted sig names."""
+    """The signed statement {path: sha256}, the distinct trusted signers, untrusted sig names.
+
+    Signers are distinct people: a key counts once however many files it signed, and a
+    certificate counts once per key and once per identity (a renewed certificate for the
+    same officer, or an officer's key also present as a certificate, is still one signer).
+    """
     sig_dir = f"{where}/{SIGNATURES_DIR}"
     if not sigs:
         raise SignatureMissing(f"{sig_dir}: no signature in the bundle", path=SIGNATURES_DIR)
     statement: dict[str, str] | None = None
     first = ""
-    signers: dict[str, Signer] = {}
-    untrusted: list[tuple[str, str | None]] = []
+    signers: list[Signer] = []
+    seen: set[str] = set()
+    untrusted: list[tuple[str, str]] = []
     for name in sorted(sigs):
         sig_path = f"{sig_dir}/{name}"
         try:
             parsed = dsse.read(sigs[name])
         except ValueError as exc:
             raise SignatureInvalid(f"{sig_path}: {exc}", path=f"{SIGNATURES_DIR}/{name}") from None
-        hint = dsse.key_hint(parsed)
-        if hint and hint not in trusted:
-            untrusted.append((name, hint))
-            continue
-        candidates = [trusted[hint]] if hint else list(trusted.values())
-        verified = None
-        problem: Exception | None = None
-        for cand in candidates:
+        chain = dsse.certificate_chain(parsed)
+        if keyless.is_keyless(parsed):
+            if trusted.keyless is None:
+                untrusted.append((name, "a Sigstore keyless signature, and no --trusted-root was given"))
+                continue
+            verifier_, found = keyless.verifier(trusted.keyless, sigs[name])
             try:
-                verified = (cand, *dsse.verify(cand.verifier, parsed))
-                break
+                digests, serialization = dsse.verify(verifier_, parsed)
+            except keyless.Untrusted as exc:
+                untrusted.append((name, str(exc)))
+                continue
+            except Exception as exc:  # VerificationError as ValueError, InvalidSignature: a bad signature
+                raise SignatureInvalid(f"{sig_path}: {exc}", path=f"{SIGNATURES_DIR}/{name}") from None
+            fp = keys.fingerprint(found.public_key)
+            where_from = f"{trusted.keyless.trusted_root} ({found.issuer})"
+            signer = Signer(name.removesuffix(SIGNATURE_SUFFIX), fp, where_from, found.identity)
+            ids = {fp, f"id:{found.identity}"}
+        elif chain is not None:
+            judged = _cert_signer(parsed, chain, trusted, name, sig_path)
+            if isinstance(judged, str):
+                untrusted.append((name, judged))
+                continue
+            signer, verifier_ = judged
+            try:
+                digests, serialization = dsse.verify(verifier_, parsed)
             except Exception as exc:  # InvalidSignature, ValueError: all mean "does not verify"
-                problem = exc
-        if verified is None:
-            which = f"trusted key {hint[:16]}" if hint else "any trusted key"
-            detail = f" ({type(problem).__name__}: {problem})" if str(problem) else ""
-            raise SignatureInvalid(
-                f"{sig_path}: does not verify under {which}{detail}", path=f"{SIGNATURES_DIR}/{name}"
-            )
-        key, digests, serialization = verified
+                detail = f" ({type(exc).__name__}: {exc})" if str(exc) else ""
+                raise SignatureInvalid(
+                    f"{sig_path}: does not verify under its certificate {signer.identity}{detail}",
+                    path=f"{SIGNATURES_DIR}/{name}",
+                ) from None
+            ids = {signer.fingerprint, f"id:{signer.identity}"}
+        else:
+            hint = dsse.key_hint(parsed)
+            if hint and hint not in trusted.keys:
+                untrusted.append((name, f"signed by key {hint[:16]}, which is not a trusted key"))
+                continue
+            candidates = [trusted.keys[hint]] if hint else list(trusted.keys.values())
+            verified = None
+            problem: Exception | None = None
+            for cand in candidates:
+                try:
+                    verified = (cand, *dsse.verify(cand.verifier, parsed))
+                    break
+                except Exception as exc:  # InvalidSignature, ValueError: all mean "does not verify"
+                    problem = exc
+            if verified is None:
+                if not candidates:
+                    untrusted.append((name, "signed by a key without a hint, and no key is trusted"))
+                    continue
+                which = f"trusted key {hint[:16]}" if hint else "any trusted key"
+                detail = f" ({type(problem).__name__}: {problem})" if str(problem) else ""
+                raise SignatureInvalid(
+                    f"{sig_path}: does not verify under {which}{detail}", path=f"{SIGNATURES_DIR}/{name}"
+                )
+            key, digests, serialization = verified
+            signer = Signer(name.removesuffix(SIGNATURE_SUFFIX), key.fingerprint, str(key.path))
+            ids = {key.fingerprint}
         _check_serialization(serialization, sig_path)
         # Another officer's signature file, if one existed when this one was made, is not content.
         digests = {p: d for p, d in digests.items() if not p.startswith(SIGNATURES_DIR + "/")}
@@ -186,22 +306,19 @@ def check_signatures(
             raise SignatureInvalid(
                 f"{sig_path}: signs different contents than {first}", path=f"{SIGNATURES_DIR}/{name}"
             )
-        signers.setdefault(
-            key.fingerprint, Signer(name.removesuffix(SIGNATURE_SUFFIX), key.fingerprint, str(key.path))
-        )
+        if not ids & seen:
+            signers.append(signer)
+        seen |= ids
     if len(signers) < require:
         if not signers and untrusted:
-            name, hint = untrusted[0]
-            raise UntrustedKey(
-                f"{sig_dir}/{name}: signed by key {(hint or '?')[:16]}, which is not a trusted key",
-                path=f"{SIGNATURES_DIR}/{name}",
-            )
+            name, why = untrusted[0]
+            raise UntrustedKey(f"{sig_dir}/{name}: {why}", path=f"{SIGNATURES_DIR}/{name}")
         raise SignatureMissing(
             f"{sig_dir}: {len(signers)} distinct trusted signature(s), {require} required",
             path=SIGNATURES_DIR,
         )
     assert statement is not None
-    return statement, list(signers.values()), [n for n, _ in untrusted]
+    return statement, signers, [n for n, _ in untrusted]
 
 
 def _ignorable(path: str) -> bool:
@@ -240,12 +357,20 @@ def check_manifest(
         raise ChangedFile(f"{path}: sha256 differs from the signed statement", path=BUNDLE_JSON)
     manifest = parse_manifest(raw, where)
 
-    listed: dict[str, str] = {}
+    seen: set[str] = set()
     for entry in manifest.files:
         _check_listed_path(entry.path, path)
-        if entry.path in listed:
+        if entry.path in seen:
             raise UnsafePath(f"{path}: {entry.path!r} is listed twice", path=entry.path)
-        listed[entry.path] = entry.sha256
+        seen.add(entry.path)
+    # A delta carries only some files: those marked `base` are pinned here (size, sha256, signed
+    # through bundle.json's own hash) and must be absent from the tree and the statement.
+    listed = {f.path: f.sha256 for f in manifest.carried}
+    for f in manifest.from_base:
+        if f.path in statement:
+            raise UnlistedFile(
+                f"{where}/{f.path}: marked as taken from the base release, yet signed as carried", path=f.path
+            )
     for ref in [*manifest.models, *manifest.wheels, *manifest.debs]:
         check_rel_path(ref.path, where=path)
     for rel in statement:
@@ -309,7 +434,7 @@ def _is_signature_name(rel: str) -> bool:
 
 def _verify_dir(
     root: Path,
-    trusted: Mapping[str, TrustedKey],
+    trusted: Trust,
     require: int,
     now: datetime | None,
     progress: Progress | None,
@@ -341,7 +466,7 @@ def _verify_dir(
     statement, signers, untrusted = check_signatures(sigs, trusted, require, where)
     raw = read_small(root / BUNDLE_JSON, MAX_MANIFEST_BYTES)
     manifest = check_manifest(raw, statement, where, now)
-    listed = manifest.by_path()
+    listed = {f.path: f for f in manifest.carried}
 
     data_files = {p: s for p, s in files.items() if p != BUNDLE_JSON and p not in sig_names}
     for rel in sorted(data_files):
@@ -515,7 +640,7 @@ def _read_member(tf: tarfile.TarFile, member: tarfile.TarInfo, limit: int, where
 
 def _stream_tar(
     parts: list[Path],
-    trusted: Mapping[str, TrustedKey],
+    trusted: Trust,
     require: int,
     now: datetime | None,
     progress: Progress | None,
@@ -541,7 +666,7 @@ def _walk_stream(
     reader: ConcatReader,
     parts: list[Path],
     where: str,
-    trusted: Mapping[str, TrustedKey],
+    trusted: Trust,
     require: int,
     now: datetime | None,
     progress: Progress | None,
@@ -588,7 +713,7 @@ def _walk_stream(
 
     statement, signers, untrusted = check_signatures(sigs, trusted, require, where)
     manifest = check_manifest(raw, statement, where, now)
-    listed = manifest.by_path()
+    listed = {f.path: f for f in manifest.carried}
     total = sum(e.size for e in listed.values())
     done = 0
     if extract_to is not None:
@@ -702,8 +827,9 @@ def source_parts(path: Path | str | Sequence[Path | str]) -> list[Path]:
 
 def verify_bundle(
     path: Path | str | Sequence[Path | str],
-    trusted_keys: Iterable[Path | str],
+    trusted_keys: Iterable[Path | str] | Trust,
     *,
+    trust_cas: Iterable[Path | str] = (),
     require_signatures: int = 1,
     now: datetime | None = None,
     progress: Progress | None = None,
@@ -713,7 +839,7 @@ def verify_bundle(
     if require_signatures < 1:
         raise UsageError(f"--require-signatures must be at least 1, not {require_signatures}")
     started = time.monotonic()
-    trusted = load_trusted(trusted_keys)
+    trusted = load_trusted(trusted_keys, trust_cas, now=now)
     parts = source_parts(path)
     try:
         if parts[0].is_dir():
@@ -728,9 +854,10 @@ def verify_bundle(
 
 def verified_bundle_dir(
     path: Path | str | Sequence[Path | str],
-    trusted_keys: Iterable[Path | str],
+    trusted_keys: Iterable[Path | str] | Trust,
     staging_dir: Path | str,
     *,
+    trust_cas: Iterable[Path | str] = (),
     require_signatures: int = 1,
     now: datetime | None = None,
     progress: Progress | None = None,
@@ -747,7 +874,7 @@ def verified_bundle_dir(
     if require_signatures < 1:
         raise UsageError(f"--require-signatures must be at least 1, not {require_signatures}")
     started = time.monotonic()
-    trusted = load_trusted(trusted_keys)
+    trusted = load_trusted(trusted_keys, trust_cas, now=now)
     parts = source_parts(path)
     if parts[0].is_dir():
         try:

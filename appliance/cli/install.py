@@ -11,6 +11,7 @@ from click.core import ParameterSource
 from rich.text import Text
 
 from appliance.cli.app import JsonOpt, PrefixOpt, app, emit_json, err, layout, out
+from appliance.cli.verify import TrustCaOpt, TrustedRootOpt, TrustIdentityOpt, TrustIssuerOpt
 from appliance.errors import UsageError
 from appliance.install.errors import os_errors  # (also registers codes 30-39 for `enclave exit-codes`)
 
@@ -31,10 +32,14 @@ def install_cmd(
     bundle: Annotated[
         Path, typer.Argument(help="The bundle: a directory, a tar, or the first part of a split tar.")
     ],
-    trust: Annotated[
-        list[Path], typer.Option("--trust", help="Trusted officer public key (PEM); repeatable.")
-    ],
     prefix: PrefixOpt,
+    trust: Annotated[
+        list[Path] | None, typer.Option("--trust", help="Trusted officer public key (PEM); repeatable.")
+    ] = None,
+    trust_ca: TrustCaOpt = None,
+    trusted_root: TrustedRootOpt = None,
+    trust_identity: TrustIdentityOpt = None,
+    trust_issuer: TrustIssuerOpt = None,
     allow_downgrade: Annotated[
         bool, typer.Option("--allow-downgrade", help="Install a bundle older than the current one.")
     ] = False,
@@ -48,6 +53,13 @@ def install_cmd(
         Path | None,
         typer.Option("--inventory", "-i", help="Ansible inventory: install on each of its hosts over SSH."),
     ] = None,
+    base: Annotated[
+        Path | None,
+        typer.Option(
+            "--base",
+            help="For a delta bundle: the base bundle directory (default: the installed base release).",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Verify BUNDLE, install it as a new release, and switch `current` to it atomically."""
@@ -56,11 +68,17 @@ def install_cmd(
     if inventory is not None:
         from appliance.install.hosts import install_on_hosts
 
+        if trust_ca or trusted_root:
+            raise UsageError(
+                "install --inventory: --trust-ca and --trusted-root are not supported for fleet installs "
+                "yet; use --trust"
+            )
+
         with os_errors("install --inventory"):
             summary = install_on_hosts(
                 inventory,
                 bundle,
-                trust,
+                trust or [],
                 prefix=prefix if _given("prefix") else None,
                 allow_downgrade=allow_downgrade,
                 force=force,
@@ -77,19 +95,22 @@ def install_cmd(
         summary.raise_for_failures()
         return
 
-    from appliance.cli.verify import byte_progress
+    from appliance.cli.verify import byte_progress, trust_from_options
     from appliance.install.install import install
 
+    # A bad key, CA or trusted root fails before any work.
+    trusted = trust_from_options(trust, trust_ca, trusted_root, trust_identity, trust_issuer)
     with os_errors("install"), byte_progress("verifying", quiet=as_json) as bar:
         result = install(
             bundle,
-            trust,
+            trusted,
             layout(prefix),
             allow_downgrade=allow_downgrade,
             force=force,
             with_os_packages=with_os_packages,
             progress=_say,
             verify_progress=bar,
+            base_bundle=base,
         )
     if as_json:
         emit_json(result.as_dict())

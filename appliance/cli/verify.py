@@ -16,9 +16,48 @@ from appliance.errors import EnclaveError
 
 PLAIN_PROGRESS_MIN = 256 << 20  # below this a log line per 10% is noise
 TrustOpt = Annotated[
-    list[Path],
+    list[Path] | None,
     typer.Option("--trust", help="A trusted PEM public key (repeat for several officers)."),
 ]
+TrustCaOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--trust-ca", help="A trusted CA root certificate (PEM) for certificate signatures; repeatable."
+    ),
+]
+TrustedRootOpt = Annotated[
+    Path | None,
+    typer.Option("--trusted-root", help="A pinned Sigstore trusted_root.json, for keyless signatures."),
+]
+TrustIdentityOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--trust-identity", help="A keyless signer's e-mail to trust (with --trusted-root); repeatable."
+    ),
+]
+TrustIssuerOpt = Annotated[
+    str | None,
+    typer.Option("--trust-issuer", help="The OIDC issuer URL keyless signers must come from."),
+]
+
+
+def trust_from_options(
+    trust: list[Path] | None,
+    trust_ca: list[Path] | None,
+    trusted_root: Path | None,
+    trust_identity: list[str] | None,
+    trust_issuer: str | None,
+):  # -> appliance.bundle.verify.Trust (imported lazily, as every command here does)
+    """Everything `--trust*` names, loaded and checked before any bundle byte is read."""
+    from appliance.bundle.verify import load_trusted
+
+    return load_trusted(
+        trust or [],
+        trust_ca or [],
+        trusted_root=trusted_root,
+        trust_identities=trust_identity or [],
+        trust_issuer=trust_issuer,
+    )
 
 
 @contextlib.contextmanager
@@ -71,7 +110,11 @@ def verify(
     bundle: Annotated[
         list[Path], typer.Argument(help="Bundle directory, .tar, first part (.tar.000) or all parts.")
     ],
-    trust: TrustOpt,
+    trust: TrustOpt = None,
+    trust_ca: TrustCaOpt = None,
+    trusted_root: TrustedRootOpt = None,
+    trust_identity: TrustIdentityOpt = None,
+    trust_issuer: TrustIssuerOpt = None,
     require_signatures: Annotated[
         int,
         typer.Option("--require-signatures", help="Trusted signers needed (2: two-person)"),
@@ -85,10 +128,11 @@ def verify(
     from appliance.bundle.verify import error_json, verify_bundle
 
     try:
+        trusted = trust_from_options(trust, trust_ca, trusted_root, trust_identity, trust_issuer)
         with byte_progress("verifying", quiet=False) as progress:
             report = verify_bundle(
                 bundle if len(bundle) > 1 else bundle[0],
-                trust,
+                trusted,
                 require_signatures=require_signatures,
                 progress=progress,
                 workers=workers,
@@ -101,11 +145,21 @@ def verify(
         emit_json(report.to_json())
         return
     m = report.manifest
-    who = ", ".join(f"{s.name} ({s.fingerprint[:16]})" for s in report.signers)
+    who = ", ".join(
+        f"{s.name} ({s.identity + ', key ' if s.identity else ''}{s.fingerprint[:16]})"
+        for s in report.signers
+    )
     out.print(f"[green]verified[/] {m.release_name}: {report.files} files, {report.bytes:,} bytes")
+    if m.base is not None:
+        need = m.from_base
+        out.print(
+            f"  delta on {m.base.name}-{m.base.version} (bundle.json sha256 {m.base.digest[:16]}): "
+            f"install takes {len(need)} files, {sum(f.size for f in need):,} bytes, from that release",
+            soft_wrap=True,
+        )
     out.print(f"  signed by {who}")
     if report.untrusted_signatures:
-        out.print(f"  ignored signatures by untrusted keys: {', '.join(report.untrusted_signatures)}")
+        out.print(f"  ignored untrusted signatures: {', '.join(report.untrusted_signatures)}")
     out.print(f"  expires {m.expires.isoformat() if m.expires else 'never'}; {report.seconds:.1f} s")
 
 

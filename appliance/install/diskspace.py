@@ -34,12 +34,12 @@ def free_bytes(path: Path) -> int:
 
 
 def needed_bytes(layout: Layout, bundle_dir: Path, manifest: BundleManifest) -> int:
-    """Unpacked wheels and bytecode, the model files the store lacks, and the copied files."""
+    """Unpacked wheels and bytecode, the model and package files the store lacks, the copied files."""
     total = int(venv.unpacked_size(bundle_dir, manifest) * BYTECODE_FACTOR)
     blobs = store.blobs_dir(layout)
     seen: set[str] = set()
     for f in manifest.files:
-        if f.kind == FileKind.model:
+        if f.kind in (FileKind.model, FileKind.wheel, FileKind.appliance, FileKind.deb):
             if f.sha256 not in seen and not (blobs / f.sha256).exists():
                 total += f.size
             seen.add(f.sha256)

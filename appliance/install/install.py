@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from appliance.bundle.format import BUNDLE_JSON, SIGNATURES_DIR, BundleManifest, FileKind
+from appliance.bundle.verify import Trust
 from appliance.fsutil import atomic_write_text, fsync_dir
-from appliance.install import diskspace, ledger, media, store
+from appliance.install import delta, diskspace, ledger, media, store
 from appliance.install.errors import DowngradeRefused, InstallError
 from appliance.install.locking import kill_point, prefix_lock
 from appliance.install.receipt import write_receipt
@@ -141,6 +142,18 @@ def _copy_listed(verified: VerifiedBundle, staging: Path) -> None:
         (staging / SIGNATURES_DIR / name).write_bytes(data)
 
 
+def _keep_packages(layout: Layout, verified: VerifiedBundle, inputs: Path, staging: Path) -> None:
+    """The release keeps its wheels and .debs at their bundle paths, as links to content-addressed
+    blobs in the store (each stored once across releases), so a later delta bundle can take
+    them from this release rather than carry them again; the receipt and audit cover them."""
+    for f in media.packages(verified.manifest, debs=True):
+        src = inputs / f.path if (inputs / f.path).is_file() else verified.bundle_dir / f.path
+        blob = store.ensure_blob(layout, src, f.sha256)  # hashed as it is copied in
+        dst = staging / f.path
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        store.link_or_copy(blob, dst)
+
+
 def install_debs(bundle_dir: Path, manifest: BundleManifest, keep_fds: tuple[int, ...]) -> list[str]:
     debs = sorted(f.path for f in manifest.files if f.kind == FileKind.deb)
     if not debs:
@@ -158,7 +171,7 @@ def install_debs(bundle_dir: Path, manifest: BundleManifest, keep_fds: tuple[int
 
 def install(
     bundle: Path,
-    trusted_keys: list[Path],
+    trusted_keys: list[Path] | Trust,
     layout: Layout,
     *,
     allow_downgrade: bool = False,
@@ -166,6 +179,7 @@ def install(
     with_os_packages: bool = False,
     progress: Progress | None = None,
     verify_progress: Callable[[int, int], None] | None = None,
+    base_bundle: Path | None = None,
 ) -> InstallResult:
     say = progress or (lambda _msg: None)
     bundle = Path(bundle)
@@ -180,6 +194,7 @@ def install(
             say(f"verifying {bundle}")
             verified = verify_for_install(bundle, trusted_keys, work / "bundle", layout, verify_progress)
             kill_point("verified")
+            verified = delta.complete(verified, layout, work, base_bundle, say)
             return _install_verified(
                 verified,
                 layout,
@@ -298,6 +313,8 @@ def _build(
         models.append(
             {"repo_id": m.repo_id, "revision": m.revision, "snapshot": str(snap.relative_to(layout.prefix))}
         )
+
+    _keep_packages(layout, verified, inputs, staging)
 
     debs = install_debs(inputs, manifest, keep) if with_os_packages else []
     if debs:

@@ -1,4 +1,4 @@
-"""The content-addressed model store under PREFIX/store/models, shared by every release.
+"""The content-addressed store under PREFIX/store/models, shared by every release.
 
     blobs/SHA256                 each distinct file once, named by its content hash
     snapshots/ORG--NAME/REV/     one model at one commit: hard links to blobs (copies where
@@ -7,6 +7,7 @@
 
 Two releases that pin the same model share one snapshot, and two snapshots that share a
 file (a tokenizer, a config) share one blob, so a new release costs only what changed.
+The wheels and .debs a release keeps (releases/X/wheels/, appliance/, debs/) are blobs too.
 Files are read-only: the audit re-hashes them against the signed manifest.
 """
 
@@ -101,7 +102,7 @@ def ensure_blob(layout: Layout, src: Path, sha256: str) -> Path:
     return blob
 
 
-def _link_or_copy(blob: Path, dst: Path) -> None:
+def link_or_copy(blob: Path, dst: Path) -> None:
     try:
         os.link(blob, dst)
     except OSError as exc:
@@ -143,7 +144,7 @@ def install_model(
             blob = ensure_blob(layout, bundle_dir / entry.path, entry.sha256)
             dst = tmp / entry.path[len(root) + 1 :]
             dst.parent.mkdir(parents=True, exist_ok=True)
-            _link_or_copy(blob, dst)
+            link_or_copy(blob, dst)
             if on_file is not None:
                 on_file(i)
     except BaseException:
