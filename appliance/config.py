@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from appliance.errors import ConfigError
 from appliance.paths import Layout
@@ -36,6 +36,34 @@ class Classification(IntEnum):
             raise ValueError(f"{value!r} is not a classification (one of {names})") from None
 
 
+class EvalConfig(BaseModel):
+    """`enclave eval` and the promotion gate (the `eval:` mapping of enclave.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gate: bool = True
+    """`enclave adapters promote` refuses a version without a passing evaluation report."""
+    tolerance: float = Field(0.02, ge=0, le=1)
+    """The largest drop of a suite's score (0-1: ROUGE-L, pass rate) below production that is
+    not a regression; also how far red-team refusals may fall below the bare base model."""
+    loss_tolerance: float = Field(0.05, ge=0)
+    """The largest relative rise of held-out loss over production's (0.05: 5%)."""
+    redteam_min_pass_rate: float = Field(0.0, ge=0, le=1)
+    """The red-team suite fails below this share of prompts passing, whatever the floor."""
+    max_memorized_rows: int = Field(0, ge=0)
+    """Training rows the adapter may complete verbatim before the leakage suite fails."""
+    memorization_rows: int = Field(32, ge=1)
+    """Training rows the memorization probe prompts with (their first tokens)."""
+    memorization_prefix_tokens: int = Field(32, ge=1)
+    memorization_min_tokens: int = Field(12, ge=1)
+    """A completion that reproduces this many tokens of the row verbatim counts as memorized."""
+    max_new_tokens: int = Field(48, ge=1)
+    batch_size: int = Field(8, ge=1)
+    suites: dict[str, list[str]] = {}
+    """Adapter name -> the institution's registered suites (`enclave data add --schema suite`)
+    that belong to that name's fixed suite, beside held-out, red-team and leakage."""
+
+
 class EnclaveConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -54,6 +82,9 @@ class EnclaveConfig(BaseModel):
     train_scratch: Literal["auto", "volume"] = "auto"
     """Where a run's scratch (checkpoints, caches, the unsealed adapter) goes: `auto` puts it on
     a tmpfs when it fits (appliance.train.scratch), `volume` always in the run directory."""
+
+    eval: EvalConfig = EvalConfig()
+    """Evaluation thresholds and suites (see EvalConfig)."""
 
     @property
     def ceiling(self) -> Classification:

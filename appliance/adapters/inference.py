@@ -104,20 +104,52 @@ def _apply(model, layout: Layout, rec: AdapterRecord, key: DataKey | None):
     return model
 
 
-def _base(layout: Layout, rec: AdapterRecord, dtype: Any):
+def device_and_dtype(device: str | None = None) -> tuple[str, Any]:
+    """Where a model runs and in what precision: the GPU in bfloat16 when there is one,
+    else the CPU in float32 (CPU bfloat16 matmuls are slow and drift from training)."""
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return device, (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+
+
+def load_base(layout: Layout, repo_id: str, revision: str, *, dtype: Any, device: str = "cpu"):
+    """(model, tokenizer, path): the base model at exactly `revision`, from the installed store.
+
+    The one loader behind `generate`, `enclave eval` (which also runs the bare base as its
+    floor) and a run that stacks on a merged parent."""
     _offline()
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    base_path = resolve_base_model(layout, rec.base_model_id, rec.base_revision)
+    base_path = resolve_base_model(layout, repo_id, revision)
     try:
         base = AutoModelForCausalLM.from_pretrained(base_path, local_files_only=True, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(base_path, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise InferenceError(f"{base_path}: the base model does not load ({exc})") from None
+    if device != "cpu":
+        base = base.to(device)
     return base, tokenizer, base_path
+
+
+def load_tokenizer(layout: Layout, repo_id: str, revision: str):
+    """The base model's tokenizer alone (prompts are rendered before any model is loaded)."""
+    _offline()
+    from transformers import AutoTokenizer
+
+    base_path = resolve_base_model(layout, repo_id, revision)
+    try:
+        return AutoTokenizer.from_pretrained(base_path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise InferenceError(f"{base_path}: the base model's tokenizer does not load ({exc})") from None
+
+
+def _base(layout: Layout, rec: AdapterRecord, dtype: Any, device: str = "cpu"):
+    return load_base(layout, rec.base_model_id, rec.base_revision, dtype=dtype, device=device)
 
 
 def _merge_chain(model, layout: Layout, chain: list[AdapterRecord], key: DataKey | None):
@@ -145,15 +177,17 @@ def load_merged(layout: Layout, rec: AdapterRecord, key: DataKey | None = None, 
     return _merge_chain(base, layout, chain, key), tokenizer, base_path
 
 
-def load_peft_model(layout: Layout, rec: AdapterRecord, key: DataKey | None = None):
+def load_peft_model(
+    layout: Layout, rec: AdapterRecord, key: DataKey | None = None, *, device: str | None = "cpu"
+):
     """(peft model in eval mode, tokenizer, base model path), adapter weights from memory only.
 
     An adapter trained on a merged parent (DPO after SFT) gets that parent chain merged into
-    the base first, as in training: applied to the bare base its weights would be wrong."""
-    import torch
-
+    the base first, as in training: applied to the bare base its weights would be wrong.
+    `device` None picks the GPU when there is one (see `device_and_dtype`)."""
     from appliance.adapters.registry import connect, stack_of
 
+    device, dtype = device_and_dtype(device)
     chain: list[AdapterRecord] = []
     if rec.stacks_on:
         conn = connect(layout)
@@ -161,8 +195,10 @@ def load_peft_model(layout: Layout, rec: AdapterRecord, key: DataKey | None = No
             chain = stack_of(conn, rec)
         finally:
             conn.close()
-    base, tokenizer, base_path = _base(layout, rec, torch.float32)
+    base, tokenizer, base_path = _base(layout, rec, dtype, device)
     model = _apply(_merge_chain(base, layout, chain, key), layout, rec, key)
+    if device != "cpu":
+        model = model.to(device)  # the LoRA tensors peft just added live on the CPU
     model.eval()
     return model, tokenizer, base_path
 
@@ -176,22 +212,45 @@ class Generation:
     new_tokens: int
 
 
-def generate_text(model, tokenizer, prompt: str, max_new_tokens: int) -> tuple[str, int]:
-    """Greedy decoding: the same adapter and prompt give the same text (reviewable, testable)."""
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def generate_batch(
+    model, tokenizer, prompts: list[str], max_new_tokens: int, *, batch_size: int = 8
+) -> list[tuple[str, int]]:
+    """Greedy decoding of many prompts, `batch_size` at a time, left-padded so every prompt
+    ends where its continuation starts; (text, new tokens) per prompt, in order.
+
+    Greedy: the same adapter and prompt give the same text (reviewable, testable)."""
     import torch
 
-    inputs = tokenizer(prompt, return_tensors="pt")
-    with torch.no_grad():
-        out = model.generate(
-            **inputs,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id
-            if tokenizer.pad_token_id is not None
-            else tokenizer.eos_token_id,
-        )
-    new = out[0, inputs["input_ids"].shape[1] :]
-    return tokenizer.decode(new, skip_special_tokens=True), int(new.shape[0])
+    results: list[tuple[str, int]] = []
+    device = next(model.parameters()).device
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for start in range(0, len(prompts), max(batch_size, 1)):
+            chunk = prompts[start : start + max(batch_size, 1)]
+            inputs = tokenizer(chunk, return_tensors="pt", padding=True).to(device)
+            with torch.no_grad():
+                out = model.generate(
+                    **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=_pad_id(tokenizer)
+                )
+            width = inputs["input_ids"].shape[1]
+            for row in out[:, width:]:
+                row = row.cpu()
+                ended = (row == tokenizer.eos_token_id).nonzero()
+                n = int(ended[0, 0]) + 1 if len(ended) else int(row.shape[0])
+                results.append((tokenizer.decode(row[:n], skip_special_tokens=True), n))
+    finally:
+        tokenizer.padding_side = side
+    return results
+
+
+def generate_text(model, tokenizer, prompt: str, max_new_tokens: int) -> tuple[str, int]:
+    """One prompt: a batch of one, so `generate` and `enclave eval` decode alike."""
+    return generate_batch(model, tokenizer, [prompt], max_new_tokens)[0]
 
 
 def generate(

@@ -72,19 +72,90 @@ def sign(private_key_path: Path, passphrase: bytes | None, manifest: Any) -> byt
     return signature.bundle.to_json().encode()
 
 
+def sign_with_certificate(
+    private_key_path: Path,
+    passphrase: bytes | None,
+    certificate: Any,
+    chain: list[Any],
+    manifest: Any,
+) -> bytes:
+    """The same sigstore bundle, with the leaf certificate and its chain as verification material.
+
+    Exactly what `model_signing sign certificate` writes (its CLI verifies it); the library's
+    certificate signer takes no passphrase, so the key is opened by the EC signer it extends.
+    The caller has checked that the certificate is for this key.
+    """
+    ec_key = _load("_signing.sign_ec_key")
+    signing = _load("_signing.signing")
+    cert_mod = _load("_signing.sign_certificate")
+
+    class _CertSigner(cert_mod.Signer):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            ec_key.Signer.__init__(self, private_key_path, passphrase)
+            self._signing_certificate = certificate
+            self._trust_chain = list(chain)
+
+    signature = _CertSigner().sign(signing.Payload(manifest))
+    return signature.bundle.to_json().encode()
+
+
 def read(data: bytes) -> Any:
     """Parse a signature file (no verification). Raises ValueError on anything malformed."""
     sigstore_pb = _load("_signing.sign_sigstore_pb")
     try:
         return sigstore_pb.Signature.read(_Blob(data))
     except Exception as exc:  # json, pydantic, KeyError: all mean "not a signature"
-        raise ValueError(f"not a model-signing signature ({type(exc).__name__}: {exc})") from None
+        # pydantic's message spans lines (and ends with a link): one line for the CLI edge.
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and "errors.pydantic.dev" not in ln]
+        raise ValueError(
+            f"not a model-signing signature ({type(exc).__name__}: {'; '.join(lines)})"
+        ) from None
 
 
 def key_hint(signature: Any) -> str | None:
     material = signature.bundle.verification_material
     public_key = getattr(material, "public_key", None)
     return getattr(public_key, "hint", None) if public_key is not None else None
+
+
+def certificate_chain(signature: Any) -> list[bytes] | None:
+    """The DER certificates (leaf first) of a certificate signature; None for other kinds."""
+    chain = getattr(signature.bundle.verification_material, "x509_certificate_chain", None)
+    if chain is None:
+        return None
+    return [c.raw_bytes for c in chain.certificates]
+
+
+def leaf_verifier(public_key: Any) -> Any:
+    """A model_signing verifier that checks the envelope under a certificate's public key.
+
+    The chain itself is judged before this (appliance/bundle/certs.py), against the host's
+    CA roots and today's date; this is the library's envelope check for that key, the same
+    PAE and hash choice its certificate verifier uses.
+    """
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    sigstore_pb = _load("_signing.sign_sigstore_pb")
+    ec_key = _load("_signing.sign_ec_key")
+    if not isinstance(public_key, ec.EllipticCurvePublicKey):
+        raise ValueError(
+            f"the certificate's key is {type(public_key).__name__}; model-signing verifies EC keys"
+        )
+    ec_key._check_supported_ec_key(public_key)
+
+    class _LeafVerifier(sigstore_pb.Verifier):  # type: ignore[misc,name-defined]
+        def _verify_bundle(self, bundle: Any) -> tuple[str, bytes]:
+            envelope = bundle.dsse_envelope
+            if envelope is None or len(envelope.signatures) != 1:
+                raise ValueError("expected a DSSE envelope with one signature")
+            public_key.verify(
+                envelope.signatures[0].sig,
+                sigstore_pb.pae(envelope.payload),
+                ec.ECDSA(ec_key.get_ec_key_hash(public_key)),
+            )
+            return envelope.payload_type, envelope.payload
+
+    return _LeafVerifier()
 
 
 def verifier(public_key_path: Path) -> Any:

@@ -83,8 +83,9 @@ def show(
     conn = reg.connect(layout(prefix))
     rec = reg.resolve(conn, ref)
     hist = [h for h in reg.history(conn, rec.name) if h["version"] == rec.version]
+    evaluation = _evaluation(conn, rec)
     if as_json:
-        emit_json({**_row(rec), "history": hist})
+        emit_json({**_row(rec), "history": hist, "evaluation": evaluation})
         return
     for k, v in _row(rec).items():
         if isinstance(v, dict):
@@ -98,6 +99,32 @@ def show(
         out.print(
             f"{'history':18} {h['at']} {h['action']}: {h['from_stage']} -> {h['to_stage']} by {h['who']}{why}"
         )
+    if evaluation is None:
+        out.print(f"{'evaluation':18} none (enclave eval {rec.ref})")
+        return
+    from appliance.cli.eval import summary_lines
+
+    e = evaluation
+    out.print(
+        f"{'evaluation':18} {e['ran_at']} by {e['ran_by']} against {e['production'] or 'no production'}, "
+        f"suite {e['suite_hash'][:12]}" + ("" if e["complete"] else " (partial)"),
+        soft_wrap=True,
+        markup=False,
+    )
+    for line in summary_lines(e["report"]):
+        out.print(f"{'':18} {line}", soft_wrap=True, markup=False)
+
+
+def _evaluation(conn, rec: AdapterRecord) -> dict | None:
+    """The newest evaluation report of this version (a whole-suite one when there is one)."""
+    from appliance.eval import store
+
+    found = store.latest(conn, rec.name, rec.version) or store.latest(
+        conn, rec.name, rec.version, complete=False
+    )
+    if found is not None:
+        found.pop("id", None)
+    return found
 
 
 @adapters_app.command("promote")

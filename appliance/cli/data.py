@@ -76,7 +76,8 @@ def add(
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the split.")] = 0,
     schema: Annotated[
-        str | None, typer.Option("--schema", help="alpaca, chat or dpo (default: from the first row).")
+        str | None,
+        typer.Option("--schema", help="alpaca, chat, dpo or suite (default: from the first row)."),
     ] = None,
     ner_model: NerOpt = None,
     no_ner: NoNerOpt = False,

@@ -24,6 +24,7 @@ ERROR_MODULES = (
     "appliance.adapters.errors",
     "appliance.crypto.errors",
     "appliance.data.errors",
+    "appliance.eval.errors",
     "appliance.install.errors",
     "appliance.provision",
     "appliance.train.errors",

@@ -9,9 +9,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-SCHEMAS = ("alpaca", "chat", "dpo")
+SCHEMAS = ("alpaca", "chat", "dpo", "suite")
 
 
 class _Row(BaseModel):
@@ -39,14 +47,48 @@ class DpoRow(_Row):
     rejected: StrictStr | list[Message]
 
 
-MODELS: dict[str, type[_Row]] = {"alpaca": AlpacaRow, "chat": ChatRow, "dpo": DpoRow}
-_DESCRIBE = "alpaca (instruction/input/output), chat (messages) or dpo (prompt/chosen/rejected)"
+class SuiteRow(_Row):
+    """An evaluation prompt of the institution's own suite (`enclave eval`): a reference
+    answer, checks (contains, not_contains, regex, not_regex, exact, refuses), or both."""
+
+    prompt: StrictStr = Field(min_length=1)
+    reference: StrictStr | None = None
+    checks: list[dict[str, Any]] | None = None
+    category: StrictStr = "default"
+
+    @field_validator("checks")
+    @classmethod
+    def _checks(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        from appliance.errors import EnclaveError
+        from appliance.eval.metrics import validate_checks
+
+        if value is not None:
+            try:
+                validate_checks(value, "checks")
+            except EnclaveError as exc:
+                raise ValueError(exc.message.removeprefix("checks: ")) from None
+        return value
+
+    @model_validator(mode="after")
+    def _something_to_score(self) -> SuiteRow:
+        if self.reference is None and not self.checks:
+            raise ValueError("a suite row needs a reference, checks, or both")
+        return self
+
+
+MODELS: dict[str, type[_Row]] = {"alpaca": AlpacaRow, "chat": ChatRow, "dpo": DpoRow, "suite": SuiteRow}
+_DESCRIBE = (
+    "alpaca (instruction/input/output), chat (messages), dpo (prompt/chosen/rejected) "
+    "or suite (prompt with reference and/or checks)"
+)
 
 
 def detect(row: dict[str, Any]) -> str | None:
     """The schema a row's keys announce, or None."""
     if "messages" in row:
         return "chat"
+    if "checks" in row or ("prompt" in row and "reference" in row):
+        return "suite"
     if {"prompt", "chosen", "rejected"} & row.keys():
         return "dpo"
     if "instruction" in row or "output" in row:

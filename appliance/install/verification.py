@@ -17,6 +17,7 @@ from pathlib import Path
 from appliance.bundle import verify as bundle_verify
 from appliance.bundle.format import BundleManifest
 from appliance.bundle.tree import Progress
+from appliance.bundle.verify import Trust
 from appliance.install import diskspace
 from appliance.paths import Layout
 
@@ -33,7 +34,11 @@ class VerifiedBundle:
 
 
 def verify_for_install(
-    bundle: Path, trusted_keys: list[Path], staging: Path, layout: Layout, progress: Progress | None = None
+    bundle: Path,
+    trusted_keys: list[Path] | Trust,
+    staging: Path,
+    layout: Layout,
+    progress: Progress | None = None,
 ) -> VerifiedBundle:
     if not bundle.is_dir():
         parts = bundle_verify.resolve_parts([bundle])

@@ -1,0 +1,1 @@
+"""Evaluation of sealed adapters and the promotion gate (`enclave eval`, `adapters promote`)."""
