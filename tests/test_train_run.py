@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,8 +51,14 @@ PLAINTEXT_GLOBS = (
 
 
 @pytest.fixture(scope="module")
-def prefix(make_install_bundle, install_parts, tmp_path_factory) -> Path:
-    return enclave_prefix(make_install_bundle, install_parts, tmp_path_factory)
+def prefix(make_install_bundle, install_parts, tmp_path_factory) -> Iterator[Path]:
+    p = enclave_prefix(make_install_bundle, install_parts, tmp_path_factory)
+    yield p
+    # A test that failed between a crash and its sweep must not leave plaintext in RAM.
+    sweep(Layout.at(p))
+    for root in sc.tmpfs_roots():
+        with contextlib.suppress(OSError):
+            (root / sc.base_name(Layout.at(p))).rmdir()
 
 
 def recipe(tmp_path: Path, name: str, **changes) -> Path:
