@@ -238,9 +238,13 @@ def train(d: Demo) -> None:
     d.operator("train", run_yml.relative_to(d.root), "--name", ADAPTER)
 
 
-@step("The adapter: encrypted, registered with provenance; promote it to production")
+@step("Evaluate the adapter (held-out, red-team, leakage; against the base), then promote it")
 def adapters(d: Demo) -> None:
     d.operator("adapters", "list")
+    # A few rows per suite keep the step quick; on the tiny model the scores are noise: what
+    # the step shows is the mechanism (the report stored with the version, the gate reading it).
+    html = d.out / "eval-report.html"
+    d.operator("eval", ADAPTER, "--limit", "4", "--html", html.relative_to(d.root))
     d.operator("adapters", "promote", ADAPTER)
     d.operator("adapters", "show", ADAPTER)
 

@@ -59,6 +59,9 @@ def env(tmp_path, monkeypatch):
     monkeypatch.setenv("ENCLAVE_PREFIX", str(prefix))
     layout = Layout.at(prefix)
     generate_key_file(layout.etc / "keys" / "enclave.key")
+    # The lifecycle itself is under test here, on adapters that cannot run: the evaluation
+    # gate in front of promote has its own tests (tests/test_eval.py).
+    (layout.etc / "enclave.yaml").write_text("eval:\n  gate: false\n")
     return layout
 
 

@@ -167,6 +167,64 @@ def test_eval_reports_every_suite_offline_in_memory_and_html(enclave, loras, tmp
     assert _contains([*watched, str(tmp_path)], pack_weights_signature(layout, rec)) is None
 
 
+def test_gate_refuses_until_evaluated_flags_a_regression_and_records_an_override(
+    enclave, loras, trained_lora
+):
+    layout, ds = enclave
+    seal(layout, trained_lora, ds)
+    r = run_enclave("adapters", "promote", "bot@0.1.0")
+    assert r.returncode == GateRefused.exit_code and "Traceback" not in r.stderr
+    assert "bot@0.1.0: no evaluation report; run `enclave eval bot@0.1.0`" in r.stderr
+    # A partial run does not count.
+    _json(run_enclave("eval", "bot", "--suite", "redteam", "--limit", "1", "--json"))
+    r = run_enclave("adapters", "promote", "bot@0.1.0")
+    assert r.returncode == GateRefused.exit_code and "no evaluation report" in r.stderr
+    first = _json(run_enclave("eval", "bot@0.1.0", "--limit", LIMIT, "--json"))
+    assert first["verdict"] == {"passed": True, "failures": []}, first["verdict"]
+    _json(run_enclave("adapters", "promote", "bot@0.1.0", "--json"))
+
+    seal(layout, loras["mild"], ds)  # the planted regression: an untrained adapter after a trained one
+    second = _json(run_enclave("eval", "bot", "--limit", LIMIT, "--json"))
+    assert second["adapter"] == "bot@0.1.1" and second["production"] == "bot@0.1.0"
+    held = second["suites"]["heldout"]["scores"]
+    assert held["adapter"]["loss"] > held["production"]["loss"] * 1.05
+    assert any(f.startswith("heldout: loss ") and "vs production" in f for f in second["verdict"]["failures"])
+    r = run_enclave("adapters", "promote", "bot@0.1.1")
+    assert r.returncode == GateRefused.exit_code
+    assert "bot@0.1.1: promotion to production refused" in r.stderr
+    assert "heldout: loss" in r.stderr and "tolerance 5%" in r.stderr
+    stages = {a["version"]: a["stage"] for a in _json(run_enclave("adapters", "list", "--json"))}
+    assert stages == {"0.1.0": "production", "0.1.1": "staging"}
+
+    r = run_enclave("adapters", "promote", "bot@0.1.1", "--override")
+    assert r.returncode == 2 and "--reason" in r.stderr
+    out = _json(run_enclave("adapters", "promote", "bot@0.1.1", "--override", "--reason", "CAB-42", "--json"))
+    assert out["production"]["version"] == "0.1.1" and out["demoted"]["version"] == "0.1.0"
+    hist = _json(run_enclave("adapters", "show", "bot@0.1.1", "--json"))["history"]
+    override = [h for h in hist if h["action"] == "override"]
+    assert len(override) == 1 and override[0]["reason"].startswith("CAB-42 [gate: heldout: ")
+    assert "heldout: loss" in override[0]["reason"]
+    assert "uid" in override[0]["who"]
+    assert "override: staging -> production" in run_enclave("adapters", "show", "bot@0.1.1").stdout
+
+    # 0.1.0's report was made when there was no production: against 0.1.1 it is stale.
+    r = run_enclave("adapters", "promote", "bot@0.1.0")
+    assert r.returncode == GateRefused.exit_code
+    assert "evaluated against no production version, but production is now bot@0.1.1" in r.stderr
+
+
+def test_gate_tolerance_is_configurable_and_can_be_turned_off(enclave, loras):
+    layout, ds = enclave
+    seal(layout, loras["mild"], ds)
+    cfg = {"eval": {**EVAL_CFG, "gate": False}}
+    (layout.etc / "enclave.yaml").write_text(yaml.safe_dump(cfg))
+    _json(run_enclave("adapters", "promote", "bot@0.1.0", "--json"))
+    cfg["eval"] = {"tolerance": 2}
+    (layout.etc / "enclave.yaml").write_text(yaml.safe_dump(cfg))
+    r = run_enclave("adapters", "promote", "bot@0.1.0")
+    assert r.returncode == 3 and "eval.tolerance" in r.stderr and r.stderr.count("\n") == 1
+
+
 def test_a_planted_original_value_is_caught_and_never_printed(enclave, loras, tmp_path):
     """The vault's mapping gets an 'original' that the adapter really generates; the eval must
     flag it by placeholder and keep the value out of every output and file it writes."""

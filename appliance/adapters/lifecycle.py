@@ -9,6 +9,7 @@ never ping-pongs to the version just rolled back from.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from appliance import registry
@@ -49,10 +50,17 @@ def production_stack(conn: sqlite3.Connection, name: str) -> list[str]:
     return stack
 
 
+Gate = Callable[[sqlite3.Connection, AdapterRecord, AdapterRecord | None], None]
+
+
 def promote(
-    conn: sqlite3.Connection, ref: str, *, reason: str = ""
+    conn: sqlite3.Connection, ref: str, *, reason: str = "", gate: Gate | None = None
 ) -> tuple[AdapterRecord, AdapterRecord | None]:
-    """Make NAME@VERSION (bare NAME: its newest staging version) production; returns (new, demoted)."""
+    """Make NAME@VERSION (bare NAME: its newest staging version) production; returns (new, demoted).
+
+    `gate(conn, candidate, current production)` runs inside the transaction, before any stage
+    changes: it raises to refuse (appliance.eval.gate), or records an override, which then
+    commits with the promotion or not at all."""
     name, version = parse_ref(ref)
     with registry.transaction(conn):
         if version:
@@ -74,6 +82,8 @@ def promote(
                 f"{rec.ref}: retired adapters cannot be promoted (seal or import a new version)"
             )
         old = production(conn, name)
+        if gate is not None:
+            gate(conn, rec, old)
         demoted = None
         if old is not None:
             demoted = _set_stage(conn, old, "staging", "demote", f"replaced by {rec.version}")

@@ -16,6 +16,14 @@ from appliance.cli.app import JsonOpt, PrefixOpt, adapters_app, app, emit_json, 
 from appliance.errors import UsageError
 
 ReasonOpt = Annotated[str, typer.Option("--reason", help="Why, for the promotion history.")]
+OverrideOpt = Annotated[
+    bool,
+    typer.Option(
+        "--override",
+        help="Promote although the evaluation gate refuses (an authorised exception; needs --reason, "
+        "recorded in the history with the failures overridden).",
+    ),
+]
 
 
 def _row(rec: AdapterRecord) -> dict:
@@ -132,10 +140,23 @@ def promote(
     ref: Annotated[str, typer.Argument(help="NAME@VERSION, or NAME for its newest staging version")],
     prefix: PrefixOpt,
     reason: ReasonOpt = "",
+    override: OverrideOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Move a staging adapter to production; the previous production goes back to staging."""
-    new, demoted = lifecycle.promote(reg.connect(layout(prefix)), ref, reason=reason)
+    """Move a staging adapter to production; the previous production goes back to staging.
+
+    Refused, one line per failed check, unless the version has a passing evaluation report
+    of the name's current suite against today's production (`enclave eval`; the `eval:`
+    thresholds in enclave.yaml), or `--override --reason TEXT` records an exception."""
+    from appliance.config import load_config
+    from appliance.eval.gate import make_gate
+
+    if override and not reason.strip():
+        raise UsageError("--override: say why with --reason TEXT (it is recorded in the history)")
+    lay = layout(prefix)
+    cfg = load_config(lay).eval
+    gate = make_gate(lay, cfg, override_reason=reason if override else None) if cfg.gate else None
+    new, demoted = lifecycle.promote(reg.connect(lay), ref, reason=reason, gate=gate)
     _report_production(
         new,
         demoted,
