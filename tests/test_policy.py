@@ -693,3 +693,47 @@ def test_check_cli_bad_yaml(prefix, tmp_path):
     assert proc.returncode == 2 and "not valid YAML" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_enclave("train", "--check", str(tmp_path / "missing.yml"), "--prefix", str(prefix))
     assert proc.returncode == 2 and "no such file" in proc.stderr
+
+
+def test_schema_errors_become_one_line_per_key():
+    """How axolotl's pydantic answer (as the probe reports it) is turned into lines: type tags
+    dropped from locations, a union's errors folded, a config-wide error given the key its
+    message names, the keys the policy itself writes into dataset entries left alone."""
+    from appliance.train.schema import lines_for
+
+    conf = {
+        "learning_rate": [1],
+        "datasets": [{"path": "/p", "ds_type": "json", "type": 3}],
+        "rl": "dpo",
+        "sequence_len": 0,
+    }
+    result = {
+        "unknown": [{"loc": ["datasets", 0, "ds_type"], "suggest": None}],
+        "errors": [
+            {"loc": ["learning_rate", "str"], "type": "string_type", "msg": "Input should be a valid string"},
+            {
+                "loc": ["learning_rate", "float"],
+                "type": "float_type",
+                "msg": "Input should be a valid number",
+            },
+            {
+                "loc": ["datasets", 0, "DPODataset", "type", "str"],
+                "type": "string_type",
+                "input": 3,
+                "msg": "",
+            },
+            {
+                "loc": [],
+                "type": "value_error",
+                "msg": "Value error, Set `remove_unused_columns: False` for kto",
+            },
+        ],
+        "fields": ["remove_unused_columns", "rl"],
+    }
+    assert lines_for(result, conf) == [
+        ("learning_rate", "must be a string or a number"),
+        ("datasets[0].type", "3 is not a string"),
+        ("remove_unused_columns", "Set `remove_unused_columns: False` for kto"),
+    ]
+    # Only a config axolotl accepted is checked for values no run can use.
+    assert lines_for({"unknown": [], "errors": []}, conf) == [("sequence_len", "0 must be at least 1")]
