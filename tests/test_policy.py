@@ -672,6 +672,12 @@ def test_check_sees_what_a_plugin_turns_on(prefix, tmp_path):
     # axolotl's kernels plugin sets use_kernels unless the YAML says otherwise.
     lines = check_lines(prefix, tmp_path, 51, plugins=["axolotl.integrations.kernels.KernelsPlugin"])
     assert len(lines) == 1 and lines[0].startswith("use_kernels: ") and "turns it on" in lines[0]
+    # A plugin that does not import is only logged by axolotl, which then trains without it.
+    lines = check_lines(prefix, tmp_path, 56, plugins=["axolotl.integrations.kernelz.KernelsPlugin"])
+    assert lines == [
+        "plugins[0]: axolotl.integrations.kernelz.KernelsPlugin cannot be imported in the trainer's venv "
+        "(axolotl would skip it)"
+    ]
 
 
 def test_check_without_a_trainer_venv_is_refused(prefix, tmp_path):

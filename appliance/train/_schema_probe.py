@@ -77,8 +77,19 @@ def main() -> dict:
     try:
         prepare_plugins(cfg)
     except Exception as exc:  # an uninstalled or broken plugin: axolotl would stop here too
-        out["errors"].append({"loc": ["plugins"], "type": "plugin", "msg": f"{type(exc).__name__}: {exc}"})
+        why = f"cannot be loaded in the trainer's venv ({type(exc).__name__}: {exc})"
+        out["errors"].append({"loc": ["plugins"], "type": "plugin", "msg": why})
         return out
+    if cfg.get("plugins"):
+        from axolotl.integrations.base import PluginManager
+
+        loaded = PluginManager.get_instance().plugins
+        for i, name in enumerate(cfg["plugins"]):
+            if name not in loaded:  # axolotl logs the ImportError and trains without it
+                msg = f"{name} cannot be imported in the trainer's venv (axolotl would skip it)"
+                out["errors"].append({"loc": ["plugins", i], "type": "plugin", "msg": msg})
+        if out["errors"]:
+            return out
     model = AxolotlConfigWCapabilities
     if cfg.get("plugins"):
         from axolotl.integrations.config import merge_input_args
