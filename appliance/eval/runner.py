@@ -111,10 +111,10 @@ def _load(layout: Layout, subject: Subject, base: AdapterRecord, key: DataKey | 
     return model, tok
 
 
-def _free(model) -> None:
+def _release() -> None:
+    """Give a dropped model's memory back before the next one loads (one model at a time)."""
     import torch
 
-    del model
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -235,7 +235,8 @@ def evaluate(
         try:
             raw[subject.role] = run_subject(_Loaded(model, tok, cfg.batch_size), plan, cfg, say, subject.role)
         finally:
-            _free(model)
+            del model
+            _release()
     roles = [s.role for s in subjects]
 
     report_suites: dict[str, Any] = {}
