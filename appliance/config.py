@@ -62,6 +62,12 @@ class EvalConfig(BaseModel):
     suites: dict[str, list[str]] = {}
     """Adapter name -> the institution's registered suites (`enclave data add --schema suite`)
     that belong to that name's fixed suite, beside held-out, red-team and leakage."""
+    harness_dir: str | None = None
+    """A directory of lm-evaluation-harness task YAMLs with their data files beside them: the
+    generic-capability suites `lm:TASK`. Unset: the installed release's files/ (the bundle's
+    `files:` entries)."""
+    harness_tasks: dict[str, list[str]] = {}
+    """Adapter name -> the lm_eval tasks (in harness_dir) in that name's fixed suite."""
 
 
 class EnclaveConfig(BaseModel):

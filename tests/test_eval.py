@@ -360,3 +360,52 @@ def test_generate_batch_matches_one_prompt_at_a_time(tiny_model_dir):
 def test_exit_codes_are_in_the_eval_range():
     for cls in (EvalError, SuiteError, HeldOutContaminated, GateRefused):
         assert 80 <= cls.exit_code <= 89
+
+
+def test_lm_eval_runs_offline_from_a_local_task_directory(enclave, loras, tmp_path):
+    """Generic capability: an lm_eval task YAML with its data beside it (as a bundle ships
+    it), run on the adapter, production and base in memory, with no network and no cache left."""
+    layout, ds = enclave
+    seal(layout, loras["mild"], ds)
+    tasks = tmp_path / "lm-tasks"
+    tasks.mkdir()
+    (tasks / "tiny_mc.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "task": "tiny_mc",
+                "dataset_path": "json",
+                "dataset_kwargs": {"data_files": {"test": "tiny_mc.jsonl"}},
+                "test_split": "test",
+                "output_type": "multiple_choice",
+                "doc_to_text": "{{question}}",
+                "doc_to_choice": "{{choices}}",
+                "doc_to_target": "{{answer}}",
+                "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+            }
+        )
+    )
+    qs = [
+        ("The enclave keeps data inside the", [" building.", " cloud."]),
+        ("Adapters are encrypted at", [" rest.", " random."]),
+        ("A bundle is signed, verified, and installed", [" offline.", " loudly."]),
+    ]
+    (tasks / "tiny_mc.jsonl").write_text(
+        "".join(json.dumps({"question": q, "choices": c, "answer": 0}) + "\n" for q, c in qs)
+    )
+    cfg = {**EVAL_CFG, "harness_dir": str(tasks), "harness_tasks": {"bot": ["tiny_mc"]}}
+    (layout.etc / "enclave.yaml").write_text(yaml.safe_dump({"eval": cfg}))
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    report = _json(
+        _offline("eval", "bot", "--suite", "lm:tiny_mc", "--limit", "2", "--json", env={"TMPDIR": str(tmp)})
+    )
+    lm = report["suites"]["lm:tiny_mc"]
+    assert lm["headline"] == "acc" and lm["meta"]["task"] == "tiny_mc"
+    for role in ("adapter", "base"):
+        assert lm["scores"][role]["n"] == 2 and 0.0 <= lm["scores"][role]["acc"] <= 1.0
+    assert list(tmp.iterdir()) == []  # the datasets cache went with the run
+    # The task is part of the name's suite: the suite hash covers its files.
+    from appliance.config import EvalConfig
+    from appliance.eval.suites import default_suites
+
+    assert "lm:tiny_mc" in default_suites(EvalConfig.model_validate(cfg), "bot")

@@ -77,7 +77,8 @@ def scores_png(report: dict[str, Any]) -> bytes | None:
 
 def _scores_table(s: dict[str, Any]) -> str:
     leak = s.get("kind") == "leakage"
-    cols = LEAK_COLUMNS if leak else [c for c in COLUMNS if any(c in v for v in s["scores"].values())]
+    present = {k for v in s["scores"].values() for k in v}
+    cols = LEAK_COLUMNS if leak else [c for c in COLUMNS if c in present] + sorted(present - set(COLUMNS))
     head = "".join(f"<th>{_e(c)}</th>" for c in cols)
     body = ""
     for role in ROLES:

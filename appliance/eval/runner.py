@@ -16,13 +16,14 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from appliance.adapters import inference
 from appliance.adapters.registry import AdapterRecord
 from appliance.config import EvalConfig
 from appliance.crypto.keys import DataKey
-from appliance.eval import leakage, metrics, suites
+from appliance.eval import harness, leakage, metrics, suites
 from appliance.eval.suites import Plan, Suite
 from appliance.paths import Layout
 from appliance.registry import now, who
@@ -126,9 +127,20 @@ def run_subject(
     """Every suite's raw outputs for one model: generations, losses, probe results."""
     raw: dict[str, Any] = {}
     for suite in plan.suites:
+        t0 = time.monotonic()
+        if suite.kind == "harness":
+            raw[suite.name] = harness.run_task(
+                loaded.model,
+                loaded.tokenizer,
+                Path(suite.meta["dir"]),
+                suite.meta["task"],
+                limit=suite.meta.get("limit"),
+                batch_size=loaded.batch_size,
+            )
+            say(f"{role}: {suite.name}: lm_eval in {time.monotonic() - t0:.1f} s")
+            continue
         if suite.skipped or not suite.items:
             continue
-        t0 = time.monotonic()
         if suite.kind == "leakage":
             probes = leakage.probes(
                 loaded.tokenizer,
@@ -243,6 +255,17 @@ def evaluate(
     findings: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for suite in plan.suites:
         entry: dict[str, Any] = {"kind": suite.kind, "version": suite.version, "meta": suite.meta}
+        if suite.kind == "harness":
+            runs = {role: raw[role][suite.name] for role in roles}
+            entry["headline"] = runs["adapter"]["headline"]
+            entry["scores"] = {r: {"n": len(v["samples"]), **v["metrics"]} for r, v in runs.items()}
+            entry["deltas"] = {
+                other: metrics.paired_bootstrap(runs["adapter"]["samples"], runs[other]["samples"])
+                for other in roles
+                if other != "adapter"
+            }
+            report_suites[suite.name] = entry
+            continue
         if suite.skipped or not suite.items:
             entry["skipped"] = suite.skipped or "no rows"
             report_suites[suite.name] = entry

@@ -35,6 +35,7 @@ FORMAT = 1
 HELDOUT, REDTEAM, LEAKAGE = "heldout", "redteam", "leakage"
 BUILTIN = (HELDOUT, REDTEAM, LEAKAGE)
 SUITE_PREFIX = "suite:"
+LM_PREFIX = "lm:"
 
 # axolotl's `type: alpaca` prompt (axolotl.prompters.AlpacaPrompter, instruct style): the
 # held-out rows are asked the way the training rows were taught.
@@ -306,8 +307,22 @@ def _leakage(datasets: list[store.DatasetRecord], cfg: EvalConfig, tok: Any) -> 
     return suite
 
 
+def _harness(layout: Layout, cfg: EvalConfig, task: str, limit: int | None) -> Suite:
+    """An lm_eval task from the harness directory: eval.harness_dir, else the installed
+    release's files/ (where a bundle's `files:` entries land: task YAMLs and their data)."""
+    from appliance.eval.harness import task_version
+
+    tasks_dir = Path(cfg.harness_dir).absolute() if cfg.harness_dir else layout.current / "files"
+    meta = {"task": task, "dir": str(tasks_dir), "limit": limit}
+    return Suite(LM_PREFIX + task, "harness", task_version(tasks_dir, task), meta=meta)
+
+
 def default_suites(cfg: EvalConfig, name: str) -> list[str]:
-    return [*BUILTIN, *(SUITE_PREFIX + s for s in cfg.suites.get(name, []))]
+    return [
+        *BUILTIN,
+        *(SUITE_PREFIX + s for s in cfg.suites.get(name, [])),
+        *(LM_PREFIX + t for t in cfg.harness_tasks.get(name, [])),
+    ]
 
 
 def _wanted(requested: list[str] | None, cfg: EvalConfig, name: str) -> list[str]:
@@ -316,7 +331,7 @@ def _wanted(requested: list[str] | None, cfg: EvalConfig, name: str) -> list[str
         return full
     out = []
     for s in requested:
-        key = s if s in BUILTIN or s.startswith(SUITE_PREFIX) else SUITE_PREFIX + s
+        key = s if s in BUILTIN or s.startswith((SUITE_PREFIX, LM_PREFIX)) else SUITE_PREFIX + s
         if key not in out:
             out.append(key)
     return out
@@ -359,6 +374,8 @@ def plan(
             suites.append(_checks_suite(REDTEAM, _sha(data), rows, "redteam.jsonl", template, tokenizer))
         elif key == LEAKAGE:
             suites.append(_leakage(datasets, cfg, tokenizer))
+        elif key.startswith(LM_PREFIX):
+            suites.append(_harness(layout, cfg, key.removeprefix(LM_PREFIX), limit))
         elif key.startswith(SUITE_PREFIX):
             suite, level = _institution(layout, key.removeprefix(SUITE_PREFIX), template, tokenizer)
             levels.append(level)
