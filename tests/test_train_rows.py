@@ -19,6 +19,7 @@ import re
 import secrets
 import signal
 import string
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,7 @@ from appliance.paths import Layout
 from appliance.train import scratch as sc
 from appliance.train import state as st
 from appliance.train.runner import CRASH_AT_ENV
+from appliance.train.sweep import sweep
 
 pytestmark = [
     pytest.mark.slow,
@@ -81,8 +83,11 @@ def scratches(prefix: Path, run_dirs: list[Path]) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def prefix(make_install_bundle, install_parts, tmp_path_factory) -> Path:
-    return enclave_prefix(make_install_bundle, install_parts, tmp_path_factory)
+def prefix(make_install_bundle, install_parts, tmp_path_factory) -> Iterator[Path]:
+    p = enclave_prefix(make_install_bundle, install_parts, tmp_path_factory)
+    yield p
+    # A failure between the killed run and its sweep must not leave plaintext in RAM.
+    sweep(Layout.at(p))
 
 
 def test_no_training_row_outside_the_encrypted_stores(prefix, tmp_path):
