@@ -49,7 +49,7 @@ def eval_cmd(
         list[str] | None,
         typer.Option(
             "--suite",
-            help="Run only this suite (heldout, redteam, leakage or a registered suite); repeatable. "
+            help="Run only this suite (heldout, redteam, leakage, a registered suite, lm:TASK); repeatable. "
             "A partial run does not count for the promotion gate.",
         ),
     ] = None,
