@@ -36,7 +36,7 @@ from appliance.bundle.format import APPLIANCE_DIR, WHEELS_DIR, FileKind, Package
 from appliance.errors import FetchError
 from appliance.fsutil import atomic_write_text, sha256_file
 from bundler.fetch import Fetched, Produced
-from bundler.fetch.sdist import BuiltWheel, build_from_source, pin_of
+from bundler.fetch.sdist import SOURCE_DATE_EPOCH, BuiltWheel, build_from_source, pin_of
 from bundler.fetch.tooling import error_line, pip_download_cmd, source_args, uv_command
 from bundler.manifest import lock_pins
 from bundler.progress import Reporter
@@ -383,8 +383,11 @@ def build_enclave_wheel(tree: Path, staging: Path, reporter: Reporter) -> Fetche
         ],
         [*uv_command(), "build", "--wheel", "--quiet", "--out-dir", str(wheel_dir), str(work)],
     ]
+    # Fixed timestamps in the zip: the same tree gives the same wheel, so a delta bundle carries
+    # enclave-kit only when its code changed.
+    env = dict(os.environ, SOURCE_DATE_EPOCH=SOURCE_DATE_EPOCH)
     for cmd in attempts:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode == 0:
             break
         shutil.rmtree(wheel_dir, ignore_errors=True)
