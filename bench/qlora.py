@@ -634,7 +634,7 @@ def setup_enclave(work: Path, repo_id: str, model_dir: Path, data: Path) -> tupl
 
 def enclave_run(work: Path, prefix: Path, env: dict, *, recipe: str, repo_id: str, steps: int,
                 warmup: int, out: Path, label: str, fpt: float, peaks: dict,
-                overrides: dict | None = None) -> dict:  # fmt: skip
+                overrides: dict | None = None, gpus: int = 1) -> dict:  # fmt: skip
     conf = yaml.safe_load((REPO / "manifests" / "recipes" / recipe).read_text())
     conf.update(base_model=repo_id, max_steps=steps, warmup_steps=2)
     conf.update(overrides or {})
@@ -643,15 +643,19 @@ def enclave_run(work: Path, prefix: Path, env: dict, *, recipe: str, repo_id: st
     if not conf.get("plugins"):
         for k in [k for k in conf if k.startswith("liger_")]:
             del conf[k]
-    what = f"enclave train {recipe}" + (" + " + json.dumps(overrides, sort_keys=True) if overrides else "")
+    what = f"enclave train {recipe} --gpus {gpus}" + (
+        " + " + json.dumps(overrides, sort_keys=True) if overrides else ""
+    )
     run_yml = work / f"bench-{label}.yml"
     run_yml.write_text(yaml.safe_dump(conf, sort_keys=False))
     before = set((prefix / "runs").iterdir()) if (prefix / "runs").exists() else set()
     t0 = time.time()
-    # One process with several GPUs visible makes axolotl split the model over them.
-    env = dict(env, CUDA_VISIBLE_DEVICES=env.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0])
-    proc = enclave(["train", str(run_yml), "--prefix", str(prefix), "--name", f"bench-{label}"],
-                   env, out / f"enclave-{label}.log")  # fmt: skip
+    if gpus == 1:
+        # One process with several GPUs visible makes axolotl split the model over them.
+        env = dict(env, CUDA_VISIBLE_DEVICES=env.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0])
+    # Several GPUs (e.g. qlora-8b-fsdp.yml): axolotl's token counters are summed over ranks.
+    proc = enclave(["train", str(run_yml), "--prefix", str(prefix), "--name", f"bench-{label}",
+                    "--gpus", str(gpus)], env, out / f"enclave-{label}.log")  # fmt: skip
     wall = time.time() - t0
     new = (set((prefix / "runs").iterdir()) if (prefix / "runs").exists() else set()) - before
     if not new:
@@ -714,7 +718,9 @@ def main() -> int:
         "--recipes", default="qlora-8b.yml", help="comma-separated recipes under manifests/recipes"
     )
     ap.add_argument("--recipe", default="qlora-70b.yml", help="big: the recipe to train the 70B shape with")
-    ap.add_argument("--variants", default="{}", help='JSON: label -> {"recipe": FILE, KEY: VALUE...}')
+    ap.add_argument(
+        "--variants", default="{}", help='JSON: label -> {"recipe": FILE, "gpus": N, KEY: VALUE...}'
+    )
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 rate of the GPU (datasheet)")
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
@@ -770,15 +776,15 @@ def main() -> int:
         print(json.dumps(runs["axolotl-example"]), flush=True)
         save()
     prefix, env = setup_enclave(a.work, repo_id, model_dir, data)
-    todo: list[tuple[str, str, dict]] = []
+    todo: list[tuple[str, str, dict, int]] = []
     if a.cmd == "big":
-        todo.append((a.recipe.removesuffix(".yml"), a.recipe, {}))
+        todo.append((a.recipe.removesuffix(".yml"), a.recipe, {}, 1))
     else:
-        todo += [(r.removesuffix(".yml"), r, {}) for r in a.recipes.split(",") if r]
+        todo += [(r.removesuffix(".yml"), r, {}, 1) for r in a.recipes.split(",") if r]
         for label, spec in json.loads(a.variants).items():
             spec = dict(spec)
-            todo.append((label, spec.pop("recipe", "qlora-8b.yml"), spec))
-    for label, recipe, overrides in todo:
+            todo.append((label, spec.pop("recipe", "qlora-8b.yml"), spec, int(spec.pop("gpus", 1))))
+    for label, recipe, overrides, gpus in todo:
         if a.tiny:
             overrides = {**overrides, "bf16": False, "tf32": False, "load_in_4bit": False, "adapter": "lora",
                          "torch_compile": False, "sequence_len": 256, "micro_batch_size": 1,
@@ -788,7 +794,7 @@ def main() -> int:
         try:
             runs[label] = enclave_run(a.work, prefix, env, recipe=recipe, repo_id=repo_id, steps=a.steps,
                                       warmup=a.warmup, out=a.out, label=label, fpt=fpt, peaks=peaks,
-                                      overrides=overrides)  # fmt: skip
+                                      overrides=overrides, gpus=gpus)  # fmt: skip
         except Exception as exc:
             runs[label] = {"what": recipe, "error": f"{type(exc).__name__}: {exc}"[:500]}
         print(json.dumps(runs[label]), flush=True)
