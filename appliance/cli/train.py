@@ -10,6 +10,7 @@ import typer
 
 import appliance.train.errors  # noqa: F401  (registers exit codes 50-55 for `enclave exit-codes`)
 from appliance.cli.app import JsonOpt, PrefixOpt, app, emit_json, err, layout
+from appliance.errors import UsageError
 
 
 @app.command("train")
@@ -23,16 +24,30 @@ def train_cmd(
         str | None, typer.Option("--name", help="Adapter name (default: the YAML's file name).")
     ] = None,
     gpus: Annotated[
-        int, typer.Option("--gpus", min=1, help="GPUs: more than 1 launches through accelerate.")
+        int,
+        typer.Option(
+            "--gpus", min=1, help="Trainer processes, one a GPU (on a host with no GPU: CPU processes, gloo)."
+        ),
     ] = 1,
+    parallel_mode: Annotated[
+        str,
+        typer.Option(
+            "--parallel",
+            help="With --gpus N: auto (DDP when the model fits one card, else the YAML's FSDP), ddp or fsdp.",
+        ),
+    ] = "auto",
     json_: JsonOpt = False,
 ) -> None:
     """Check an axolotl YAML against policy, train offline, seal and register the adapter."""
+    from appliance.train.parallel import MODES
+
+    if parallel_mode not in MODES:
+        raise UsageError(f"--parallel {parallel_mode!r}: choose one of {', '.join(MODES)}")
     from appliance.train import runner
 
     lay = layout(prefix)
     if check:
-        checked = runner.check_only(lay, run_yaml, gpus)
+        checked = runner.check_only(lay, run_yaml, gpus, parallel_mode)
         if json_:
             emit_json(
                 {
@@ -59,6 +74,7 @@ def train_cmd(
         run_yaml,
         name=name,
         gpus=gpus,
+        parallel_mode=parallel_mode,
         echo=None if json_ else sys.stderr.buffer,
         say=lambda m: err.print(m, soft_wrap=True),
     )

@@ -134,7 +134,17 @@ def main() -> dict:
     for key in RESOLVED + RESOLVED_PLUGIN:
         if valid.get(key) is not None:
             out["resolved"][key] = valid.get(key)
+    out["devices"] = _devices()
     return out
+
+
+def _devices() -> dict:
+    """The GPUs the trainer will see (how `--gpus N` is launched and whether a model fits one)."""
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    memory = torch.cuda.get_device_properties(0).total_memory if n else None
+    return {"cuda": n, "memory": memory}
 
 
 if __name__ == "__main__":

@@ -37,12 +37,13 @@ from appliance.errors import EnclaveError
 from appliance.fsutil import atomic_write_bytes
 from appliance.offline import offline_environ
 from appliance.paths import Layout
-from appliance.train import policy, schema
+from appliance.train import parallel, policy, schema
 from appliance.train import scratch as sc
 from appliance.train import state as st
 from appliance.train.errors import (
     NoNetworkIsolation,
     SealFailed,
+    TrainError,
     TrainerUnavailable,
     TrainingFailed,
 )
@@ -166,16 +167,21 @@ def adapter_name_for(yaml_path: Path) -> str:
     return name[:64]
 
 
-def check_only(layout: Layout, yaml_path: Path, gpus: int = 1) -> policy.CheckedRun:
+def check_only(layout: Layout, yaml_path: Path, gpus: int = 1, mode: str = "auto") -> policy.CheckedRun:
     """`enclave train --check`: the policy, then axolotl's own schema; nothing written."""
     raw = policy.load_run_yaml(yaml_path)
     checked = policy.check(layout, raw, source=yaml_path, run_dir=layout.runs / "RUN_ID")
     env, _ = trainer_env(layout)
-    check_schema(checked, env, network_isolation(), gpus)
+    result = check_schema(checked, env, network_isolation(), gpus)
+    par = choose_parallel(checked, gpus, result, mode)
+    if par.processes > 1:
+        checked.notes.append(f"{par.processes} processes, {par.mode} over {par.backend}: {par.why}")
     return checked
 
 
-def check_schema(checked: policy.CheckedRun, env: TrainerEnv, iso: Isolation, gpus: int) -> None:
+def check_schema(
+    checked: policy.CheckedRun, env: TrainerEnv, iso: Isolation, gpus: int
+) -> schema.SchemaCheck:
     """axolotl's validation of the rewritten config in the trainer's Python (appliance.train.schema),
     then the policy again on the values it resolved; the time it took goes into the notes."""
     result = schema.validate(
@@ -184,23 +190,25 @@ def check_schema(checked: policy.CheckedRun, env: TrainerEnv, iso: Isolation, gp
     )  # fmt: skip
     policy.check_resolved(checked, result.resolved)
     checked.notes.append(f"axolotl's config schema: ok ({result.seconds:.1f} s)")
+    return result
+
+
+def choose_parallel(
+    checked: policy.CheckedRun, gpus: int, result: schema.SchemaCheck, mode: str
+) -> parallel.Parallel:
+    """DDP or FSDP for `--gpus N` (appliance.train.parallel); the config is rewritten to match."""
+    devices = parallel.Devices(int(result.devices.get("cuda") or 0), result.devices.get("memory"))
+    par = parallel.choose(checked.config, gpus, devices, checked.model_path, mode)
+    if par.mode == "invalid":
+        raise TrainError(f"{checked.source}: --gpus {gpus}: {par.why}")
+    checked.config = parallel.apply(checked.config, par)
+    return par
 
 
 def _set_pdeathsig() -> None:
     # If `enclave train` dies, the kernel kills the trainer too (PR_SET_PDEATHSIG = 1).
     with contextlib.suppress(Exception):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
-
-
-def trainer_command(env: TrainerEnv, config: Path, gpus: int) -> list[str]:
-    if gpus > 1:
-        # axolotl's own multi-GPU path: accelerate launch, FSDP/DeepSpeed from the YAML.
-        return [
-            str(env.python), "-m", "accelerate.commands.launch",
-            "--num_processes", str(gpus), "--num_machines", "1", "--dynamo_backend", "no",
-            "-m", "axolotl.cli.train", str(config),
-        ]  # fmt: skip
-    return [str(env.python), "-m", "axolotl.cli.train", str(config)]
 
 
 # multiprocessing (datasets' num_proc) binds Unix sockets under TMPDIR, and a socket path
@@ -298,6 +306,7 @@ def train(
     *,
     name: str | None = None,
     gpus: int = 1,
+    parallel_mode: str = "auto",
     echo: IO[bytes] | None = None,
     say: Callable[[str], None] = lambda _m: None,
 ) -> RunResult:
@@ -320,7 +329,7 @@ def train(
     parse_ref(name)
     env, frameworks = trainer_env(layout)
     iso = network_isolation()
-    check_schema(checked, env, iso, gpus)
+    par = choose_parallel(checked, gpus, check_schema(checked, env, iso, gpus), parallel_mode)
     # The key is loaded before hours of training, not after: a run that cannot be sealed
     # would only produce plaintext to throw away.
     key = adapters_key(layout)
@@ -354,7 +363,7 @@ def train(
         _crash_point("merging")
     elif checked.parent is not None:
         _unseal_parent(layout, checked.parent, work / policy.PARENT_DIR, key)
-    cmd = [*iso.argv, *trainer_command(env, config_path, gpus)]
+    cmd = [*iso.argv, *parallel.launcher(env.python, config_path, par)]
     started = st.now()
     provenance: dict[str, Any] = {
         "run_id": run_id,
@@ -381,6 +390,7 @@ def train(
         "trainer": env.origin,
         "network_isolation": iso.how,
         "gpus": gpus,
+        "parallel": par.record(),
         "scratch": place.record(),
         "started": started,
     }

@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,8 @@ class SchemaCheck:
     seconds: float
     resolved: dict[str, Any]
     """Keys as axolotl's validators left them (policy.check_resolved looks at them again)."""
+    devices: dict[str, Any] = field(default_factory=dict)
+    """The GPUs the trainer's Python sees: {"cuda": count, "memory": bytes of the first}."""
 
 
 def _key(loc: Sequence[Any], conf: Any, missing: bool) -> str:
@@ -191,4 +193,4 @@ def validate(
     lines = lines_for(result, conf)
     if lines:
         raise ConfigInvalid("\n".join(f"{source}: {key}: {why}" for key, why in lines))
-    return SchemaCheck(seconds, result.get("resolved") or {})
+    return SchemaCheck(seconds, result.get("resolved") or {}, result.get("devices") or {})
