@@ -8,12 +8,11 @@ highest of the adapter's and its suites' and heads the page.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from pathlib import Path
 from typing import Any
 
+from appliance import plots
 from appliance.fsutil import atomic_write_text
 
 ROLES = ("adapter", "production", "base")
@@ -49,12 +48,9 @@ def scores_png(report: dict[str, Any]) -> bytes | None:
     ]
     if not rows:
         return None
-    try:
-        import matplotlib
-    except ImportError:  # without matplotlib the tables still say everything
+    plt = plots.pyplot()
+    if plt is None:  # without matplotlib the tables still say everything
         return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     roles = [r for r in ROLES if any(r in scores for _, _, scores in rows)]
     fig, ax = plt.subplots(figsize=(6.4, 3.2), dpi=100)
@@ -68,11 +64,7 @@ def scores_png(report: dict[str, Any]) -> bytes | None:
     ax.set_ylabel("score (higher is better)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return plots.png_bytes(fig)
 
 
 def _scores_table(s: dict[str, Any]) -> str:
@@ -135,11 +127,7 @@ def _examples(s: dict[str, Any]) -> str:
 
 def render(report: dict[str, Any], history: list[dict[str, Any]] | None = None) -> str:
     png = scores_png(report)
-    img = (
-        f'<img alt="scores per suite" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
-        if png
-        else ""
-    )
+    img = plots.img_tag(png, "scores per suite") if png else ""
     v = report["verdict"]
     verdict = (
         "<p class=ok>Passes the promotion gate's checks.</p>"

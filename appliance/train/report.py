@@ -6,13 +6,12 @@ external assets), so it can be attached to a change request or printed as it is.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from pathlib import Path
 from typing import Any
 
+from appliance import plots
 from appliance.fsutil import atomic_write_text
 from appliance.train.metrics import Metrics
 
@@ -22,12 +21,9 @@ def loss_png(metrics: Metrics) -> bytes | None:
     evals = metrics.curve("eval", "eval_loss")
     if not train and not evals:
         return None
-    try:
-        import matplotlib
-    except ImportError:  # an appliance without the train extra: the record keeps the numbers
+    plt = plots.pyplot()
+    if plt is None:  # an appliance without the train extra: the record keeps the numbers
         return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
     if train:
@@ -41,11 +37,7 @@ def loss_png(metrics: Metrics) -> bytes | None:
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return plots.png_bytes(fig)
 
 
 def _rows(d: dict[str, Any]) -> str:
@@ -59,11 +51,7 @@ def _rows(d: dict[str, Any]) -> str:
 
 def render(run_id: str, provenance: dict[str, Any], metrics: Metrics, config_text: str) -> str:
     png = loss_png(metrics)
-    img = (
-        f'<img alt="loss curve" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
-        if png
-        else "<p>No loss was logged.</p>"
-    )
+    img = plots.img_tag(png, "loss curve") if png else "<p>No loss was logged.</p>"
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>enclave run {html.escape(run_id)}</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}th{{text-align:left;
