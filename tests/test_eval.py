@@ -171,6 +171,9 @@ def test_gate_refuses_until_evaluated_flags_a_regression_and_records_an_override
     enclave, loras, trained_lora
 ):
     layout, ds = enclave
+    # The trained production adapter beats an untrained one on held-out loss by 5-17% here,
+    # depending on the machine's arithmetic: the gate's loss tolerance is set below that.
+    (layout.etc / "enclave.yaml").write_text(yaml.safe_dump({"eval": {**EVAL_CFG, "loss_tolerance": 0.02}}))
     seal(layout, trained_lora, ds)
     r = run_enclave("adapters", "promote", "bot@0.1.0")
     assert r.returncode == GateRefused.exit_code and "Traceback" not in r.stderr
@@ -187,12 +190,12 @@ def test_gate_refuses_until_evaluated_flags_a_regression_and_records_an_override
     second = _json(run_enclave("eval", "bot", "--limit", LIMIT, "--json"))
     assert second["adapter"] == "bot@0.1.1" and second["production"] == "bot@0.1.0"
     held = second["suites"]["heldout"]["scores"]
-    assert held["adapter"]["loss"] > held["production"]["loss"] * 1.05
+    assert held["adapter"]["loss"] > held["production"]["loss"] * 1.02
     assert any(f.startswith("heldout: loss ") and "vs production" in f for f in second["verdict"]["failures"])
     r = run_enclave("adapters", "promote", "bot@0.1.1")
     assert r.returncode == GateRefused.exit_code
     assert "bot@0.1.1: promotion to production refused" in r.stderr
-    assert "heldout: loss" in r.stderr and "tolerance 5%" in r.stderr
+    assert "heldout: loss" in r.stderr and "tolerance 2%" in r.stderr
     stages = {a["version"]: a["stage"] for a in _json(run_enclave("adapters", "list", "--json"))}
     assert stages == {"0.1.0": "production", "0.1.1": "staging"}
 
