@@ -130,14 +130,20 @@ def _hub_model(index: int, spec, cache: Path) -> list[PlannedFile]:
 
 
 def _local_model(m: LoadedManifest, spec) -> list[PlannedFile]:
+    """The same files the fetch copies (bundler.fetch.local.walk_files), sized on this disk."""
+    from bundler.fetch.local import walk_files
+
     root = m.resolve(spec.path)
-    out = []
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root)
-        if p.is_file() and not any(part.startswith(".") for part in rel.parts):
-            out.append(PlannedFile("model", f"local/{spec.name}/{rel}", f"local:{rel}", p.stat().st_size))
     return [
-        PlannedFile(f.kind, f.name, f.path, f.size, cached=False, note="copied from this disk") for f in out
+        PlannedFile(
+            "model",
+            f"local/{spec.name}/{rel}",
+            f"local:{rel}",
+            p.stat().st_size,
+            note="copied from this disk",
+        )
+        for p in walk_files(root)
+        for rel in [p.relative_to(root).as_posix()]
     ]
 
 

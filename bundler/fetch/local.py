@@ -26,7 +26,7 @@ from bundler.manifest import FileSpec, ModelSpec
 from bundler.progress import Reporter
 
 
-def _walk_files(root: Path) -> list[Path]:
+def walk_files(root: Path) -> list[Path]:
     """Regular files under root (symlinks followed to files), hidden entries skipped."""
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
@@ -69,7 +69,7 @@ def fetch_local_model(
     index: int, spec: ModelSpec, src: Path, tree: Path, reporter: Reporter, workers: int = 4
 ) -> Fetched:
     assert spec.name is not None
-    files = _walk_files(src)
+    files = walk_files(src)
     if not files:
         raise FetchError(f"models[{index}].path: {src} holds no files")
     task = reporter.task(f"model local/{spec.name}", total=len(files) * 2)
@@ -150,7 +150,7 @@ def fetch_file(
 def copy_ansible(src: Path, tree: Path, reporter: Reporter, source: str) -> Fetched:
     """The repo's ansible/ as shipped (symlinks followed: the verifier refuses them)."""
     out = Fetched()
-    for p in _walk_files(src):
+    for p in walk_files(src):
         rel = f"{ANSIBLE_DIR}/{p.relative_to(src).as_posix()}"
         sha, size = sha256_file(p)
         if _copy_checked(p, tree / rel, sha):
