@@ -31,6 +31,7 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
+from appliance.bundle.keys import read_trust_file
 from appliance.errors import KeyError_
 
 MAX_CA_BYTES = 1 << 20
@@ -69,17 +70,7 @@ def load_cas(paths: Iterable[Path | str]) -> list[TrustedCA]:
     cas: list[TrustedCA] = []
     for p in paths:
         path = Path(p)
-        try:
-            with path.open("rb") as f:
-                data = f.read(MAX_CA_BYTES + 1)
-        except OSError as exc:
-            raise KeyError_(
-                f"{path}: cannot read the CA certificate ({exc.strerror or exc})", path=str(path)
-            ) from None
-        if len(data) > MAX_CA_BYTES:
-            raise KeyError_(
-                f"{path}: larger than {MAX_CA_BYTES} bytes; not a CA certificate file", path=str(path)
-            )
+        data = read_trust_file(path, MAX_CA_BYTES, "CA certificate", "CA certificate file")
         try:
             certs = x509.load_pem_x509_certificates(data)
         except ValueError:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.bundle import dsse
+from appliance.bundle.keys import read_trust_file
 from appliance.errors import KeyError_, UsageError
 
 MAX_TRUSTED_ROOT_BYTES = 4 << 20
@@ -90,17 +91,7 @@ def load(trusted_root: Path | str, identities: Sequence[str], issuer: str | None
         raise UsageError(f"--trusted-root {path}: give the signer(s) to trust with --trust-identity EMAIL")
     if not issuer:
         raise UsageError(f"--trusted-root {path}: give the OIDC issuer to trust with --trust-issuer URL")
-    try:
-        with path.open("rb") as f:
-            data = f.read(MAX_TRUSTED_ROOT_BYTES + 1)
-    except OSError as exc:
-        raise KeyError_(
-            f"{path}: cannot read the trusted root ({exc.strerror or exc})", path=str(path)
-        ) from None
-    if len(data) > MAX_TRUSTED_ROOT_BYTES:
-        raise KeyError_(
-            f"{path}: larger than {MAX_TRUSTED_ROOT_BYTES} bytes; not a trusted root", path=str(path)
-        )
+    data = read_trust_file(path, MAX_TRUSTED_ROOT_BYTES, "trusted root", "trusted root")
     with no_network():
         try:
             root = _parse_root(data)

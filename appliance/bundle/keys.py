@@ -79,6 +79,19 @@ def generate_keypair(private_path: Path | str, public_path: Path | str, passphra
     return fingerprint(key.public_key())
 
 
+def read_trust_file(path: Path, limit: int, what: str, not_a: str) -> bytes:
+    """A trust anchor (CA certificates, a Sigstore trusted root) read whole but bounded: an
+    unreadable or oversized file is one KeyError_ line naming it."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise KeyError_(f"{path}: cannot read the {what} ({exc.strerror or exc})", path=str(path)) from None
+    if len(data) > limit:
+        raise KeyError_(f"{path}: larger than {limit} bytes; not a {not_a}", path=str(path))
+    return data
+
+
 def _read_key_file(path: Path) -> bytes:
     try:
         data = path.read_bytes()
