@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 import appliance.train.errors  # noqa: F401  (registers exit codes 50-55 for `enclave exit-codes`)
-from appliance.cli.app import JsonOpt, PrefixOpt, app, emit_json, err, layout
+from appliance.cli.app import JsonOpt, PrefixOpt, app, emit_json, err, layout, out
 from appliance.errors import UsageError
 
 
@@ -111,3 +111,53 @@ def sweep_cmd(prefix: PrefixOpt, json_: JsonOpt = False) -> None:
         err.print(line, soft_wrap=True, markup=False, highlight=False)
     if not report.runs and not report.ciphertexts:
         err.print(f"nothing to sweep under {lay.prefix}", soft_wrap=True, markup=False, highlight=False)
+
+
+@app.command("plan")
+def plan_cmd(
+    run_yaml: Annotated[Path, typer.Argument(help="An axolotl YAML, as `enclave train` takes it.")],
+    prefix: PrefixOpt,
+    gpu: Annotated[
+        str | None,
+        typer.Option("--gpu", help="Plan for h100, h200, rtx6000 or cpu instead of this host's hardware."),
+    ] = None,
+    count: Annotated[int, typer.Option("--count", min=1, help="How many of them (--gpus N of train).")] = 1,
+    model_config: Annotated[
+        str | None,
+        typer.Option(
+            "--model-config",
+            help="The model's shape when it is not installed: a config.json (or its directory), "
+            "or llama-3-8b | llama-3-70b.",
+        ),
+    ] = None,
+    tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--tokens", min=1, help="Tokens an epoch, when the YAML's datasets are not registered here."
+        ),
+    ] = None,
+    reference_tokens: Annotated[
+        float,
+        typer.Option(
+            "--reference-tokens", help="Trained tokens of the largest realistic fine-tune (tier advice)."
+        ),
+    ] = 50e6,
+    reference_epochs: Annotated[
+        float, typer.Option("--reference-epochs", help="Its epochs (tier advice).")
+    ] = 3,
+    json_: JsonOpt = False,
+) -> None:
+    """Peak memory, tokens/s and wall clock of a run on this host's hardware (or --gpu KIND
+    --count N), whether it fits, and the smallest hardware tier for the largest realistic
+    fine-tune; calibrated from the measured table in appliance/train/calibration.jsonl."""
+    from appliance.train.plan import plan_yaml
+
+    plan = plan_yaml(
+        layout(prefix), run_yaml, gpu=gpu, count=count, model_config=model_config, tokens=tokens,
+        reference_tokens=reference_tokens, reference_epochs=reference_epochs,
+    )  # fmt: skip
+    if json_:
+        emit_json(plan.as_json())
+        return
+    for line in plan.lines():
+        out.print(line, soft_wrap=True, markup=False, highlight=False)

@@ -44,3 +44,8 @@ class ConfigInvalid(TrainError):
 class SweepFailed(TrainError):
     exit_code = 57
     summary = "plaintext a dead run left could not be removed (names the path and why)"
+
+
+class PlanError(TrainError):
+    exit_code = 58
+    summary = "a run cannot be planned (model shape unknown, GPU not in the planner's table; names what)"

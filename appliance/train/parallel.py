@@ -68,8 +68,15 @@ def wants_fsdp(config: dict[str, Any]) -> bool:
 
 
 def choose(
-    config: dict[str, Any], gpus: int, devices: Devices, model_path: Path, mode: str = "auto"
+    config: dict[str, Any],
+    gpus: int,
+    devices: Devices,
+    model_path: Path,
+    mode: str = "auto",
+    resident: int | None = None,
 ) -> Parallel:
+    """`resident`: the estimate to decide with when the model is not on disk (`enclave plan`
+    ahead of an install); by default it is read from the model's files."""
     if mode not in MODES:
         raise ValueError(mode)
     if gpus <= 1:
@@ -78,7 +85,7 @@ def choose(
     if devices.cuda and devices.cuda < gpus:
         why = f"--gpus {gpus} but the trainer sees {devices.cuda} GPU(s)"
         return Parallel("invalid", gpus, backend, why)
-    est = resident_estimate(config, model_path)
+    est = resident if resident is not None else resident_estimate(config, model_path)
     if mode == "ddp":
         return Parallel("ddp", gpus, backend, "--parallel ddp", est)
     if mode == "fsdp":

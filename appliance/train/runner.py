@@ -205,6 +205,18 @@ def choose_parallel(
     return par
 
 
+def plan_line(checked: policy.CheckedRun, gpus: int) -> str:
+    """The planner's estimate of the run (appliance.train.plan: no axolotl, no torch), one line;
+    a planning error is that line too, never the run's failure."""
+    try:
+        from appliance.train.plan import plan_checked
+
+        return plan_checked(checked, gpus).short()
+    except Exception as exc:
+        why = exc.message if isinstance(exc, EnclaveError) else f"{type(exc).__name__}: {exc}"
+        return f"plan: not estimated ({why})"
+
+
 def _set_pdeathsig() -> None:
     # If `enclave train` dies, the kernel kills the trainer too (PR_SET_PDEATHSIG = 1).
     with contextlib.suppress(Exception):
@@ -398,6 +410,7 @@ def train(
     say(f"run {run_id}: {checked.repo_id}@{checked.revision[:12]}, {len(checked.datasets)} dataset(s), "
         f"classification {checked.classification.name}; network: {iso.how}")  # fmt: skip
     say(f"scratch: {place.kind} {work} (estimated {place.estimate_bytes / sc.GiB:.1f} GiB; {place.why})")
+    say(plan_line(checked, gpus))
 
     metrics = Metrics()
     with open(run_dir / st.LOG, "ab", buffering=0) as log:
