@@ -36,6 +36,25 @@ class Classification(IntEnum):
             raise ValueError(f"{value!r} is not a classification (one of {names})") from None
 
 
+class ReviewConfig(BaseModel):
+    """Blind A/B review rounds and their part in the promotion gate (`eval.review:`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    required: bool = False
+    """Promotion to production also needs a closed review round of the version."""
+    min_ratings: int = Field(10, ge=1)
+    """A closed round with fewer ratings is inconclusive: it neither wins nor loses (and, when
+    a round is required, counts as missing)."""
+    confidence: float = Field(0.95, gt=0, lt=1)
+    """Of the win rate's Wilson interval. The version lost when the interval's upper bound is
+    below 0.5 (ties count half a win), so chance alone rarely sinks a version."""
+    token_hours: float = Field(24, gt=0)
+    """How long an operator's sign-in token from `enclave review invite` stays valid."""
+    session_hours: float = Field(8, gt=0)
+    """How long a signed-in browser session lasts."""
+
+
 class EvalConfig(BaseModel):
     """`enclave eval` and the promotion gate (the `eval:` mapping of enclave.yaml)."""
 
@@ -68,6 +87,8 @@ class EvalConfig(BaseModel):
     `files:` entries)."""
     harness_tasks: dict[str, list[str]] = {}
     """Adapter name -> the lm_eval tasks (in harness_dir) in that name's fixed suite."""
+    review: ReviewConfig = ReviewConfig()
+    """Blind A/B review by operators (see ReviewConfig)."""
 
 
 class EnclaveConfig(BaseModel):

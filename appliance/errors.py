@@ -6,7 +6,7 @@ Codes are stable across releases; the README's table is generated from `EXIT_COD
 
 Ranges: 10-29 bundle and verification, 30-39 install, 40-49 data, 50-59 training
 policy and runs, 60-69 adapters and encryption, 70-79 provisioning, 80-89 evaluation and
-the promotion gate.
+the promotion gate, 90-99 review rounds.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "appliance.cli.train",
     "appliance.cli.adapters",
     "appliance.cli.eval",
+    "appliance.cli.review",
     "appliance.cli.datakey",
     "appliance.cli.queue",
     "appliance.cli.misc",

@@ -92,8 +92,9 @@ def show(
     rec = reg.resolve(conn, ref)
     hist = [h for h in reg.history(conn, rec.name) if h["version"] == rec.version]
     evaluation = _evaluation(conn, rec)
+    reviews = _reviews(conn, rec)
     if as_json:
-        emit_json({**_row(rec), "history": hist, "evaluation": evaluation})
+        emit_json({**_row(rec), "history": hist, "evaluation": evaluation, "reviews": reviews})
         return
     for k, v in _row(rec).items():
         if isinstance(v, dict):
@@ -106,6 +107,17 @@ def show(
         why = f" ({h['reason']})" if h["reason"] else ""
         out.print(
             f"{'history':18} {h['at']} {h['action']}: {h['from_stage']} -> {h['to_stage']} by {h['who']}{why}"
+        )
+    for r in reviews:
+        res = r["result"]
+        fig = (
+            f"{res['outcome']}, win rate {res['win_rate']:.3f} "
+            f"({res['ci']['low']:.3f}..{res['ci']['high']:.3f}), {res['ratings']} ratings"
+            if res and res["win_rate"] is not None
+            else r["status"]
+        )
+        out.print(
+            f"{'review':18} round {r['id']} against {r['against']}: {fig}", soft_wrap=True, markup=False
         )
     if evaluation is None:
         out.print(f"{'evaluation':18} none (enclave eval {rec.ref})")
@@ -121,6 +133,15 @@ def show(
     )
     for line in summary_lines(e["report"]):
         out.print(f"{'':18} {line}", soft_wrap=True, markup=False)
+
+
+def _reviews(conn, rec: AdapterRecord) -> list[dict]:
+    """The version's blind A/B review rounds (enclave review), with the figures of closed ones."""
+    from appliance.review import store as rs
+
+    rs.connect_schema(conn)
+    keep = ("id", "against", "status", "created", "closed", "classification", "items", "result")
+    return [{k: r[k] for k in keep} for r in rs.rounds(conn, name=rec.name, version=rec.version)]
 
 
 def _evaluation(conn, rec: AdapterRecord) -> dict | None:

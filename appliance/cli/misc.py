@@ -28,6 +28,7 @@ ERROR_MODULES = (
     "appliance.install.errors",
     "appliance.provision",
     "appliance.train.errors",
+    "appliance.review.errors",
     "appliance.trainer.queue",
 )
 

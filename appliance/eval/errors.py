@@ -26,6 +26,6 @@ class HeldOutContaminated(EvalError):
 class GateRefused(EnclaveError):
     exit_code = 83
     summary = (
-        "promotion refused: no evaluation report, a regression against production, or a failed "
-        "red-team/leakage suite (override with --override --reason)"
+        "promotion refused: no evaluation report, a regression against production, a failed "
+        "red-team/leakage suite, or a lost or missing review round (override with --override --reason)"
     )

@@ -116,7 +116,9 @@ def make_gate(
     """The hook `lifecycle.promote` calls inside its transaction, before the stage changes."""
 
     def gate(conn: sqlite3.Connection, rec: AdapterRecord, production: AdapterRecord | None) -> None:
-        failures = check(layout, conn, rec, production, cfg)
+        from appliance.review.rounds import gate_failures  # operators' blind A/B review
+
+        failures = check(layout, conn, rec, production, cfg) + gate_failures(conn, rec, cfg.review)
         if not failures:
             return
         if override_reason:

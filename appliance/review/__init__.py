@@ -1,0 +1,1 @@
+"""Blind A/B review rounds: operators compare a new adapter with production in a browser."""
