@@ -985,9 +985,16 @@ def advise(
             f"in {x['hours']:.1f} h"
         )
     else:
+        fits = [x for x in tried if x["fits"] and x["hours"] is not None]
+        fastest = min(fits, key=lambda x: x["hours"], default=None)
         advice = (
             f"no tier finishes the largest realistic fine-tune ({job}) within {DEADLINE_H:g} h "
             "with these settings"
+            + (
+                f" (fastest: {fastest['tier']}, {fastest['hardware']}, {fastest['hours']:.1f} h)"
+                if fastest
+                else ""
+            )
         )
     return {"advice": advice, "reference": {"trained_tokens": trained_tokens, "epochs": epochs},
             "chosen": ok[0]["tier"] if ok else None, "tiers": tried}  # fmt: skip
