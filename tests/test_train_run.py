@@ -133,6 +133,9 @@ def test_tiny_recipe_trains_offline_seals_registers_and_generates(prefix, tmp_pa
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "sealed tickets-lora@0.1.0" in proc.stderr
     assert "'loss'" in proc.stderr  # axolotl's progress was streamed to the terminal
+    # The planner's estimate came before the trainer (enclave plan; no CPU row: no speed invented).
+    assert "plan: peak ~" in proc.stderr and "throughput uncalibrated" in proc.stderr
+    assert proc.stderr.index("plan: peak ~") < proc.stderr.index("'loss'")
     run_dir = new_run(prefix, before)
 
     # Only the run record is left: no weights, checkpoints, tokenized data or caches.
