@@ -212,3 +212,33 @@ def test_train_prints_the_plan_and_a_planning_error_does_not_stop_it(prefix, tmp
     checked.model_path = broken  # no config.json: the planner cannot shape it
     line = plan_line(checked, 1)
     assert line.startswith("plan: not estimated (") and "config.json" in line, line
+
+
+def test_a_new_row_from_a_recipe_is_one_command_and_one_line(tmp_path):
+    """devtools/calibration_row.py turns a recipe and a bench run's figures into a table line the
+    planner reads with the recipe's own knobs (here: the 70B recipe at the planner's own figures,
+    as if a lease had measured exactly that)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    recipe = RECIPES / "qlora-70b.yml"
+    conf = yaml.safe_load(recipe.read_text())
+    shape = P.shape_from("llama-3-70b")
+    est = P.estimate(shape, conf, P.hardware("h200"), None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "devtools.calibration_row", str(recipe), "--id", "h200-qlora-70b",
+         "--gpu", "h200", "--shape", "llama-3-70b", "--date", "2026-12-03", "--driver", "580",
+         "--torch", "2.11", "--slots-s", str(est.slots_s), "--trained-tok-s", str(est.trained_tok_s),
+         "--peak-gib", str(est.memory.peak / P.GiB)],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("\n") == 1
+    table = P.load_table("\n".join(json.dumps(r.raw) for r in ROWS) + "\n" + proc.stdout)
+    new = table[-1]
+    assert new.knobs == P.Knobs.from_config(conf) and new.shape == shape
+    again = P.estimate(shape, conf, P.hardware("h200"), new.data, table=table)
+    assert again.row is new  # the 70B row is now the nearest for a 70B run
+    assert near(again.memory.peak / P.GiB, new.raw["peak_gib"]) and near(again.slots_s, new.raw["slots_s"])

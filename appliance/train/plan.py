@@ -436,8 +436,9 @@ def _texts(row: dict[str, Any], schema: str, eos: str) -> tuple[str, str]:
             if isinstance(m, dict):
                 (response if m.get("role") == "assistant" else prompt).append(str(m.get("content") or ""))
         return "\n".join(prompt), "\n".join(response)
-    if schema == "dpo":
-        return str(row.get("prompt") or ""), str(row.get("chosen") or "") + str(row.get("rejected") or "")
+    if schema == "dpo":  # the prompt goes through the model twice, once before each answer
+        prompt = str(row.get("prompt") or "")
+        return prompt + prompt, str(row.get("chosen") or "") + str(row.get("rejected") or "")
     inp = str(row.get("input") or "")
     tmpl = ALPACA_INPUT if inp else ALPACA_NO_INPUT
     return tmpl.format(instruction=row.get("instruction") or "", input=inp), str(
