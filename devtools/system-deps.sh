@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The Debian packages the tests drive for real (cryptsetup on a loop device, sshd on loopback,
-# nftables in a network namespace, systemd-analyze, dpkg-deb, a deb fetched with apt-get download).
+# nftables in a network namespace, systemd-analyze, dpkg-deb, a deb fetched with apt-get download,
+# the review page in chromium).
 # `make test` runs this first: as root it installs what is missing (nothing when all is present);
 # otherwise it says in one line what is missing, and the tests that need it skip with that reason.
 set -euo pipefail
@@ -18,6 +19,7 @@ declare -A NEED=(
   [dpkg-scanpackages]=dpkg-dev
   [mkfs.ext4]=e2fsprogs
   [sshpass]=sshpass
+  [chromium]=chromium  # the review page's browser tests (Playwright drives it; no browser download)
 )
 
 PATH="$PATH:/usr/sbin:/sbin"
