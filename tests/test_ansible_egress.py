@@ -25,6 +25,7 @@ pytestmark = [
 ]
 
 SSH_PORT = 2222
+REVIEW_PORT = 8470  # `enclave review serve` bound to the admin interface
 ADMIN_NET = "10.231.1.0/24"
 HOST_ADMIN_IP, ADMIN_IP = "10.231.1.1", "10.231.1.2"
 HOST_OTHER_IP, OTHER_IP = "10.231.2.1", "10.231.2.2"
@@ -94,7 +95,7 @@ def netns():
             procs.append(p)
             assert p.stdout.readline().strip() == "ready"
 
-        listen(h, f"0.0.0.0:{SSH_PORT}", "127.0.0.1:9000")
+        listen(h, f"0.0.0.0:{SSH_PORT}", "127.0.0.1:9000", f"0.0.0.0:{REVIEW_PORT}")
         listen(a, f"{ADMIN_IP}:8080")
         yield names
     finally:
@@ -171,7 +172,30 @@ def test_lockdown_in_network_namespaces(tmp_path, netns):
     assert connect(a, HOST_ADMIN_IP, 9000).startswith("blocked")  # admin, but not the SSH port
     assert connect(h, ADMIN_IP, 8080).startswith("blocked")  # nothing leaves the host
     assert connect(h, "127.0.0.1", 9000) == "ok"  # loopback still works
+    assert connect(a, HOST_ADMIN_IP, REVIEW_PORT).startswith("blocked")  # the review port stays shut
     listed = subprocess.run(
         ["ip", "netns", "exec", h, "nft", "list", "ruleset"], capture_output=True, text=True
     )
     assert "table inet enclave" in listed.stdout
+
+
+def test_review_port_opens_to_the_admin_networks_only_when_asked(tmp_path, netns):
+    h, a, o = netns["host"], netns["admin"], netns["other"]
+    rules = tmp_path / "nftables.conf"
+    extra = {
+        "egress_lockdown_admin_networks": [ADMIN_NET, "fd00:e1::/64"],
+        "egress_lockdown_rules_path": str(rules),
+        "egress_lockdown_apply": False,
+        "egress_lockdown_review_open": True,
+    }
+    r = play(tmp_path, extra, tags="egress_lockdown")
+    assert r.returncode == 0, r.stdout + r.stderr
+    text = rules.read_text()
+    assert f"ip saddr @admin4 tcp dport {REVIEW_PORT} ct state new accept" in text
+    assert f"ip6 saddr @admin6 tcp dport {REVIEW_PORT} ct state new accept" in text
+    sh("ip", "netns", "exec", h, "nft", "-f", str(rules))
+    assert connect(a, HOST_ADMIN_IP, REVIEW_PORT) == "ok"
+    assert connect(o, HOST_OTHER_IP, REVIEW_PORT).startswith("blocked")
+    assert connect(h, ADMIN_IP, 8080).startswith("blocked")  # still nothing out
+    bad = play(tmp_path, {**extra, "egress_lockdown_review_port": 70000}, tags="egress_lockdown")
+    assert bad.returncode != 0
