@@ -389,7 +389,8 @@ class DataStats:
         return self.tokens / self.rows if self.rows else 0.0
 
     def _quantile(self, q: float) -> float:
-        """From the sample when there is one, else a lognormal through the median and p99."""
+        """From the sample when there is one, else a lognormal through the median and p90 (the
+        body) or p99 (the tail): a measured row carries only those figures."""
         if self.lengths:
             s = sorted(self.lengths)
             return float(s[min(len(s) - 1, int(q * len(s)))])
@@ -417,7 +418,7 @@ class DataStats:
 
 
 def _norm_ppf(q: float) -> float:
-    # Acklam's rational approximation is more than this needs; bisection on erf is exact enough.
+    # The standard normal's quantile by bisection on erf: exact enough here, and no scipy.
     lo, hi = -8.0, 8.0
     for _ in range(60):
         mid = (lo + hi) / 2
@@ -664,11 +665,8 @@ class Row:
 
     @property
     def shape(self) -> Shape:
-        return (
-            shape_from(self.raw["shape"])
-            if self.raw["shape"] in SHAPES
-            else Shape.from_config(self.raw["shape"], self.id)
-        )
+        shape = self.raw["shape"]  # a known shape's name, or a config.json's fields
+        return shape_from(shape) if isinstance(shape, str) else Shape.from_config(shape, self.id)
 
     @property
     def data(self) -> DataStats:
@@ -687,9 +685,11 @@ class Row:
         return Hardware(gpu, int(self.raw.get("gpus") or 1), "the row")
 
     def mfu(self) -> float:
-        """Model FLOPs utilisation (or, for a CPU row, FLOP/s) the row ran at, a process."""
-        k, s = self.knobs, self.shape
-        rate = float(self.raw["slots_s"]) * flops_per_slot(s, k) / max(1, self.hardware.count)
+        """Model FLOPs utilisation (or, for a CPU row, FLOP/s) the row ran at, as one process
+        alone would: a several-GPU row (`gpus`, `parallel`: ddp|fsdp) is divided by its scaling."""
+        k, s, n = self.knobs, self.shape, self.hardware.count
+        eff = {"ddp": DDP_EFFICIENCY, "fsdp": FSDP_EFFICIENCY}.get(str(self.raw.get("parallel")), 1.0)
+        rate = float(self.raw["slots_s"]) * flops_per_slot(s, k) / (n * eff if n > 1 else 1)
         peak = self.hardware.gpu.bf16_tflops
         return rate / (peak * 1e12) if peak else rate
 
@@ -738,7 +738,8 @@ def fit(rows: tuple[Row, ...]) -> Calibration:
     for r in rows:
         if r.hardware.is_cpu:
             continue
-        m = memory(r.shape, r.knobs, r.data, UNIT)
+        shards = r.hardware.count if r.raw.get("parallel") == "fsdp" else 1
+        m = memory(r.shape, r.knobs, r.data, UNIT, shards)
         pts.append(
             ((m.activations + m.logits) / GiB, r.raw["peak_gib"] - (m.weights + m.lora + m.workspace) / GiB)
         )
@@ -771,6 +772,7 @@ def nearest(rows: list[Row], shape: Shape, k: Knobs, hw: Hardware, data: DataSta
         theirs = micro_tokens(rk, r.data, peak=False)
         d += abs(math.log2(max(ours, 1) / max(theirs, 1)))
         d += abs(math.log10(shape.total_params / r.shape.total_params))
+        d += 1.0 * (set(rk.targets) != set(k.targets)) + 0.5 * (r.hardware.count != hw.count)
         d += 0.25 * (r.hardware.gpu.kind != hw.gpu.kind)
         if d < best_d:
             best, best_d = r, d
@@ -1024,11 +1026,12 @@ def make_plan(
     k = Knobs.from_config(config)
     notes = list(data_notes or [])
     if tokens is not None:
+        assumed = data is None
         frac = data.trained_fraction if data is not None else ASSUMED_TRAINED_FRACTION
         data = DataStats(
             data.rows if data else 0, tokens, frac, f"--tokens {tokens:,}", data.lengths if data else []
         )
-        if frac == ASSUMED_TRAINED_FRACTION and not notes:
+        if assumed:
             notes.append(
                 f"trained fraction assumed {ASSUMED_TRAINED_FRACTION:.0%} (no registered dataset read)"
             )
