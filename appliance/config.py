@@ -87,6 +87,10 @@ class EvalConfig(BaseModel):
     `files:` entries)."""
     harness_tasks: dict[str, list[str]] = {}
     """Adapter name -> the lm_eval tasks (in harness_dir) in that name's fixed suite."""
+    harness_default: list[str] = ["mmlu", "gsm8k", "hellaswag", "arc_easy"]
+    """What `lm:default` (in harness_tasks or --suite) stands for: lm_eval's stock tasks, run
+    from the datasets the release pins (manifest `datasets:`); one whose data is not pinned is
+    skipped, named."""
     review: ReviewConfig = ReviewConfig()
     """Blind A/B review by operators (see ReviewConfig)."""
 

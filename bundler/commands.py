@@ -134,6 +134,7 @@ def create(
         "files": len(m.files),
         "bytes": total,
         "models": [f"{r.repo_id}@{r.revision}" for r in m.models],
+        "datasets": [f"{r.repo_id}@{r.revision}" for r in m.datasets],
         "wheels": len(m.wheels),
         "debs": len(m.debs),
         "signatures": [str(s) for s in result.signatures],
@@ -148,7 +149,8 @@ def create(
         return
     out.print(
         f"bundle {m.release_name} written to {result.out}: {len(m.files)} files, {total / 1e6:.1f} MB, "
-        f"{len(m.models)} model(s), {len(m.wheels)} wheel(s), {len(m.debs)} deb(s), "
+        f"{len(m.models)} model(s), {len(m.datasets)} dataset(s), {len(m.wheels)} wheel(s), "
+        f"{len(m.debs)} deb(s), "
         f"{len(result.signatures)} signature(s); {result.fetched} fetched, {result.reused} reused",
         soft_wrap=True,
     )

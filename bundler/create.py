@@ -75,7 +75,8 @@ def partial_dir(out: Path) -> Path:
 
 
 def _fetch_all(m: LoadedManifest, tree: Path, staging: Path, reporter: Reporter, workers: int) -> Fetched:
-    """Every input at once: each model, the wheelhouse, the debs and the files run side by side."""
+    """Every input at once: each model and dataset, the wheelhouse, the debs and the files run
+    side by side."""
     spec = m.spec
     result = Fetched()
     jobs: list[Future[Fetched]] = []
@@ -89,6 +90,13 @@ def _fetch_all(m: LoadedManifest, tree: Path, staging: Path, reporter: Reporter,
                 jobs.append(
                     pool.submit(fetch_local_model, i, model, m.resolve(model.path), tree, reporter, workers)
                 )
+        for i, ds in enumerate(spec.datasets):  # the same fetchers: DatasetSpec says which kind
+            if ds.is_hub:
+                jobs.append(pool.submit(fetch_hub_model, i, ds, tree, staging, reporter, workers))
+            else:
+                assert ds.path is not None
+                src = m.resolve(ds.path)
+                jobs.append(pool.submit(fetch_local_model, i, ds, src, tree, reporter, workers))
         if spec.python is not None:
             jobs.append(pool.submit(_python, m, tree, staging, reporter, workers))
         if spec.debs:
@@ -332,6 +340,7 @@ def _build(
         created=created,
         target=spec.target,
         models=fetched.models,
+        datasets=fetched.datasets,
         wheels=fetched.wheels,
         debs=fetched.debs,
         files=list(produced.values()),
@@ -359,6 +368,7 @@ def _build(
         expires=spec.expires,
         target=spec.target,
         models=sorted(fetched.models, key=lambda r: r.path),
+        datasets=sorted(fetched.datasets, key=lambda r: r.path),
         wheels=sorted(fetched.wheels, key=lambda r: r.path),
         debs=sorted(fetched.debs, key=lambda r: r.path),
         files=[

@@ -1,7 +1,7 @@
 """The security officer's build manifest (`manifests/*.yaml`).
 
-It pins every input of a bundle: hub models at a full commit id (a branch moves, a short
-id can collide, so both are refused), Python requirements resolved for the *target*
+It pins every input of a bundle: hub models and evaluation datasets at a full commit id (a
+branch moves, a short id can collide, so both are refused), Python requirements resolved for the *target*
 host, OS packages at exact versions, and extra files by sha256. Every error names the
 file, the key path (`models[0].revision`) and what is wrong, in one line, because the
 officer fixes YAML by reading that line, not a pydantic dump.
@@ -13,7 +13,7 @@ import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -41,6 +41,10 @@ class _Strict(BaseModel):
 
 class ModelSpec(_Strict):
     """A hub model at a pinned commit (`repo` + `revision`), or a local directory (`path` + `name`)."""
+
+    what: ClassVar[str] = "model"
+    repo_type: ClassVar[str] = "model"
+    """huggingface_hub's repo_type for `repo`."""
 
     repo: str | None = None
     revision: str | None = None
@@ -76,26 +80,40 @@ class ModelSpec(_Strict):
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
         if self.repo is not None and self.path is not None:
-            raise ValueError("give either 'repo' (a hub model) or 'path' (a local directory), not both")
+            raise ValueError(
+                f"give either 'repo' (a hub {self.what}) or 'path' (a local directory), not both"
+            )
         if self.repo is not None:
             if self.revision is None:
                 raise ValueError("'revision' is required with 'repo' (a full 40-hex commit id)")
             if self.name is not None:
-                raise ValueError("'name' is only for a local 'path' model (a hub model is named by 'repo')")
+                raise ValueError(
+                    f"'name' is only for a local 'path' {self.what} (a hub {self.what} is named by 'repo')"
+                )
         elif self.path is not None:
             if self.name is None:
                 raise ValueError("'name' is required with 'path'")
             if self.revision is not None or self.allow is not None or self.ignore is not None:
-                raise ValueError("'revision', 'allow' and 'ignore' are only for hub models")
+                raise ValueError(f"'revision', 'allow' and 'ignore' are only for hub {self.what}s")
         else:
             raise ValueError(
-                "needs 'repo' and 'revision' (a hub model) or 'path' and 'name' (a local directory)"
+                f"needs 'repo' and 'revision' (a hub {self.what}) or 'path' and 'name' (a local directory)"
             )
         return self
 
     @property
     def is_hub(self) -> bool:
         return self.repo is not None
+
+
+class DatasetSpec(ModelSpec):
+    """Evaluation data for lm_eval tasks: a hub *dataset* repo at a pinned commit (`repo` +
+    `revision`, optionally `allow`/`ignore` patterns), or a local directory (`path` + `name`).
+    The same keys and the same rules as a model, so the officer pins both the same way; on the
+    host a task whose `dataset_path` names `repo` (or `local/NAME`) reads this snapshot."""
+
+    what: ClassVar[str] = "dataset"
+    repo_type: ClassVar[str] = "dataset"
 
 
 def _requirement(v: str) -> str:
@@ -212,6 +230,7 @@ class BuildManifest(_Strict):
     expires: datetime | None = None
     target: TargetPlatform = TargetPlatform()
     models: list[ModelSpec] = []
+    datasets: list[DatasetSpec] = []
     python: PythonSpec | None = None
     debs: list[DebSpec] = []
     files: list[FileSpec] = []
@@ -251,6 +270,12 @@ class BuildManifest(_Strict):
             key = m.repo or f"local/{m.name}"
             if key in seen:
                 raise ValueError(f"models[{i}] repeats models[{seen[key]}] ({key})")
+            seen[key] = i
+        seen = {}
+        for i, d in enumerate(self.datasets):
+            key = d.repo or f"local/{d.name}"
+            if key in seen:
+                raise ValueError(f"datasets[{i}] repeats datasets[{seen[key]}] ({key})")
             seen[key] = i
         names: dict[str, int] = {}
         for i, f in enumerate(self.files):
@@ -347,6 +372,11 @@ def _check_local_paths(m: LoadedManifest) -> None:
         if model.path is not None and not m.resolve(model.path).is_dir():
             raise ManifestError(
                 f"{m.path}: models[{i}].path: {model.path!r} is not a directory", path=str(m.path)
+            )
+    for i, ds in enumerate(m.spec.datasets):
+        if ds.path is not None and not m.resolve(ds.path).is_dir():
+            raise ManifestError(
+                f"{m.path}: datasets[{i}].path: {ds.path!r} is not a directory", path=str(m.path)
             )
     for i, loc in enumerate(m.spec.python.find_links if m.spec.python else []):
         where = f"{m.path}: python.find_links[{i}]"

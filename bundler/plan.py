@@ -6,7 +6,8 @@ The plan resolves exactly what `bundle create` would fetch, with the same code f
 that decide *which* files (hub file lists filtered by allow/ignore, the uv lock for the
 target, the pinned debs), and asks each source only for sizes:
 
-- hub models: the hub's file listing (`model_info(files_metadata=True)`), as the fetch does;
+- hub models and datasets: the hub's file listing (`model_info`/`dataset_info` with
+  `files_metadata=True`), as the fetch does;
 - wheels: the locks are resolved for the target as the fetch does; uv then writes the exact
   pins as a PEP 751 lock (`pylock.toml`), which lists each file the index offers with its
   size and hash, and the plan takes the one pip would (the most preferred tag of the target
@@ -26,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from appliance.bundle.format import DEBS_DIR, FILES_DIR, WHEELS_DIR, ModelRef
+from appliance.bundle.format import DEBS_DIR, FILES_DIR, WHEELS_DIR, DatasetRef, ModelRef
 from appliance.errors import FetchError
 from appliance.fsutil import sha256_file
 from bundler.fetch.debs import DEB_ARCH
@@ -38,7 +39,7 @@ HASH_RE = re.compile(r"--hash[= ]sha256:([0-9a-f]{64})")
 
 @dataclass(frozen=True)
 class PlannedFile:
-    kind: str  # model | wheel | sdist | deb | file
+    kind: str  # model | dataset | wheel | sdist | deb | file
     name: str
     path: str  # where it lands in the bundle
     size: int | None  # None: the source did not say
@@ -97,6 +98,8 @@ def make_plan(manifest_path: Path, out: Path, reporter, workers: int = 8) -> Pla
     plan = Plan(str(manifest_path), f"{spec.name}-{spec.version}")
     for i, model in enumerate(spec.models):
         plan.files += _hub_model(i, model, cache) if model.is_hub else _local_model(m, model)
+    for i, ds in enumerate(spec.datasets):  # the same listing code: DatasetSpec says which kind
+        plan.files += _hub_model(i, ds, cache) if ds.is_hub else _local_model(m, ds)
     if spec.python is not None:
         plan.files += _python(m, cache, reporter, workers)
     plan.files += _debs(m, cache)
@@ -118,14 +121,14 @@ def _hub_model(index: int, spec, cache: Path) -> list[PlannedFile]:
     from bundler.fetch.hub import list_hub_files
 
     repo, rev = spec.repo, spec.revision
-    rel_dir = ModelRef.dir_for(repo, rev)
+    rel_dir = (DatasetRef if spec.what == "dataset" else ModelRef).dir_for(repo, rev)
     out = []
     for s in list_hub_files(index, spec):
         size = (s.lfs.size if s.lfs else s.size) if (s.lfs or s.size is not None) else None
         sha = s.lfs.sha256 if s.lfs else None
         rel = f"{rel_dir}/{s.rfilename}"
         # A small non-LFS file is pinned by its git blob id; its size is check enough here.
-        out.append(PlannedFile("model", f"{repo}/{s.rfilename}", rel, size, _cached(cache, rel, size, sha)))
+        out.append(PlannedFile(spec.what, f"{repo}/{s.rfilename}", rel, size, _cached(cache, rel, size, sha)))
     return out
 
 
@@ -136,7 +139,7 @@ def _local_model(m: LoadedManifest, spec) -> list[PlannedFile]:
     root = m.resolve(spec.path)
     return [
         PlannedFile(
-            "model",
+            spec.what,
             f"local/{spec.name}/{rel}",
             f"local:{rel}",
             p.stat().st_size,

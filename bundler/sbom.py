@@ -2,7 +2,8 @@
 
 A security team feeds it to its own scanners (vulnerabilities by purl, licences), so it
 names every wheel (`pkg:pypi/NAME@VER`), hub model (`pkg:huggingface/ORG/NAME@REVISION`,
-each file nested with its sha256), deb (`pkg:deb/debian/NAME@VER?arch=ARCH`) and extra
+each file nested with its sha256), evaluation dataset (a `data` component, its files nested
+likewise), deb (`pkg:deb/debian/NAME@VER?arch=ARCH`) and extra
 file, with the same sha256 that bundle.json pins. A wheel built here from a source-only
 project carries the sdist's sha256 (what upstream published) and the property
 `enclave:built-from-sdist`; the wheel's own hash is in `enclave:wheel-sha256`.
@@ -10,9 +11,10 @@ project carries the sdist's sha256 (what upstream published) and the property
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
-from appliance.bundle.format import FileKind, ModelRef, PackageRef, TargetPlatform
+from appliance.bundle.format import DatasetRef, FileKind, ModelRef, PackageRef, TargetPlatform
 from bundler.fetch import Produced
 from bundler.fetch.debs import DEB_ARCH
 
@@ -25,6 +27,7 @@ def build_sbom(
     target: TargetPlatform,
     models: list[ModelRef],
     wheels: list[PackageRef],
+    datasets: Sequence[DatasetRef] = (),
     debs: list[PackageRef],
     files: list[Produced],
     tool_version: str,
@@ -117,6 +120,38 @@ def build_sbom(
                 purl=purl,
                 bom_ref=purl.to_string() if purl else f"model:{m.repo_id}@{m.revision}",
                 components=inner,
+                properties=props,
+            )
+        )
+    for d in sorted(datasets, key=lambda d: d.path):
+        org, _, dname = d.repo_id.partition("/")
+        local = org == "local"
+        props = [
+            Property(name="enclave:path", value=d.path),
+            Property(
+                name="enclave:source",
+                value="local directory (revision = content digest)"
+                if local
+                else f"huggingface dataset repo {d.repo_id} at commit {d.revision}",
+            ),
+        ]
+        components.append(
+            Component(
+                type=ComponentType.DATA,
+                group=None if local else org,
+                name=dname,
+                version=d.revision,
+                bom_ref=f"dataset:{d.repo_id}@{d.revision}",
+                components=[
+                    Component(
+                        type=ComponentType.FILE,
+                        name=f.path.removeprefix(d.path + "/"),
+                        bom_ref=f"file:{f.path}",
+                        hashes=hashes(f.path),
+                    )
+                    for f in files
+                    if f.kind is FileKind.dataset and f.path.startswith(d.path + "/")
+                ],
                 properties=props,
             )
         )

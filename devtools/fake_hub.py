@@ -3,9 +3,11 @@
 It answers the few endpoints `huggingface_hub` calls for `model_info(files_metadata=True)`
 and `hf_hub_download` at a pinned revision, with the headers that library reads
 (X-Repo-Commit, ETag/X-Linked-Etag, X-Linked-Size, X-Error-Code). Point `HF_ENDPOINT`
-at `hub.url`. Files over `lfs_threshold` bytes are served as LFS files (etag = sha256,
-as the real hub does); `tamper()` serves other bytes than the metadata promises, to
-prove the bundler checks content against the hub's LFS sha256.
+at `hub.url`. Dataset repos (`add_files(..., repo_type="dataset")`) answer `dataset_info` and
+`hf_hub_download(repo_type="dataset")` under /api/datasets/ and /datasets/. Files over
+`lfs_threshold` bytes are served as LFS files (etag = sha256, as the real hub does);
+`tamper()` serves other bytes than the metadata promises, to prove the bundler checks content
+against the hub's LFS sha256.
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ class FakeHub:
         self.delay = 0.0
         """Seconds to wait before each file body, so a test can kill a client mid-download."""
         self.repos: dict[str, _Repo] = {}
+        self.dataset_repos: dict[str, _Repo] = {}
+        """Dataset repos, apart: a dataset may share its ORG/NAME with a model."""
         self.log: list[tuple[str, str]] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -83,13 +87,14 @@ class FakeHub:
 
     # --- content -----------------------------------------------------------------------
 
-    def add_files(self, repo_id: str, files: dict[str, bytes]) -> str:
+    def add_files(self, repo_id: str, files: dict[str, bytes], repo_type: str = "model") -> str:
         """Publish `files` as one commit of `repo_id`; returns its (deterministic) 40-hex id."""
         h = hashlib.sha1(repo_id.encode())
         for name in sorted(files):
             h.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
         revision = h.hexdigest()
-        self.repos[repo_id] = _Repo(repo_id, revision, dict(files), self.lfs_threshold)
+        repos = self.dataset_repos if repo_type == "dataset" else self.repos
+        repos[repo_id] = _Repo(repo_id, revision, dict(files), self.lfs_threshold)
         return revision
 
     def add_folder(self, repo_id: str, folder: Path | str, extra: dict[str, bytes] | None = None) -> str:
@@ -106,9 +111,9 @@ class FakeHub:
         files and sizes, and any download of them fails (a size plan must not download)."""
         self.repos[repo_id] = _Repo(repo_id, revision, {}, self.lfs_threshold, declared=dict(sizes))
 
-    def tamper(self, repo_id: str, name: str, data: bytes) -> None:
+    def tamper(self, repo_id: str, name: str, data: bytes, repo_type: str = "model") -> None:
         """Serve `data` for `name` while the metadata still describes the published file."""
-        self.repos[repo_id].served[name] = data
+        (self.dataset_repos if repo_type == "dataset" else self.repos)[repo_id].served[name] = data
 
     def downloads(self) -> list[str]:
         """Paths of file bodies served (GET on /resolve/), in order."""
@@ -165,6 +170,11 @@ class FakeHub:
         parts = path.strip("/").split("/")
         if len(parts) >= 6 and parts[:2] == ["api", "models"] and parts[4] == "revision":
             return self._model_info(req, f"{parts[2]}/{parts[3]}", "/".join(parts[5:]), head)
+        if len(parts) >= 6 and parts[:2] == ["api", "datasets"] and parts[4] == "revision":
+            return self._model_info(req, f"{parts[2]}/{parts[3]}", "/".join(parts[5:]), head, dataset=True)
+        if len(parts) >= 6 and parts[0] == "datasets" and parts[3] == "resolve":
+            repo_id, rev, name = f"{parts[1]}/{parts[2]}", parts[4], "/".join(parts[5:])
+            return self._resolve(req, repo_id, rev, name, head, dataset=True)
         if len(parts) >= 5 and parts[2] == "resolve":
             return self._resolve(req, f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:]), head)
         return self._error(req, 404, "EntryNotFound", "no such endpoint", head)
@@ -186,8 +196,8 @@ class FakeHub:
             headers["X-Repo-Commit"] = commit
         self._send(req, status, headers, json.dumps({"error": message}).encode(), head)
 
-    def _repo(self, req, repo_id: str, revision: str, head: bool) -> _Repo | None:
-        repo = self.repos.get(repo_id)
+    def _repo(self, req, repo_id: str, revision: str, head: bool, dataset: bool = False) -> _Repo | None:
+        repo = (self.dataset_repos if dataset else self.repos).get(repo_id)
         if repo is None:
             self._error(req, 401, "RepoNotFound", "Repository not found", head)
             return None
@@ -196,8 +206,8 @@ class FakeHub:
             return None
         return repo
 
-    def _model_info(self, req, repo_id: str, revision: str, head: bool) -> None:
-        repo = self._repo(req, repo_id, revision, head)
+    def _model_info(self, req, repo_id: str, revision: str, head: bool, dataset: bool = False) -> None:
+        repo = self._repo(req, repo_id, revision, head, dataset)
         if repo is None:
             return
         body = {
@@ -215,8 +225,10 @@ class FakeHub:
         }
         self._send(req, 200, {"Content-Type": "application/json"}, json.dumps(body).encode(), head)
 
-    def _resolve(self, req, repo_id: str, revision: str, name: str, head: bool) -> None:
-        repo = self._repo(req, repo_id, revision, head)
+    def _resolve(
+        self, req, repo_id: str, revision: str, name: str, head: bool, dataset: bool = False
+    ) -> None:
+        repo = self._repo(req, repo_id, revision, head, dataset)
         if repo is None:
             return
         if name not in repo.files:

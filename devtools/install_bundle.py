@@ -102,14 +102,17 @@ def build_bundle(
     wheels: list[Path] = (),
     appliance_wheel: Path | None = None,
     models: dict[str, tuple[str, Path]] | None = None,
+    datasets: dict[str, tuple[str, Path]] | None = None,
     ansible_dir: Path | None = None,
     extra_files: dict[str, bytes] | None = None,
     debs: list[Path] = (),
 ) -> Path:
-    """Write and sign a bundle directory. `models` maps repo_id -> (40-hex revision, local dir)."""
+    """Write and sign a bundle directory. `models` and `datasets` map repo_id -> (40-hex
+    revision, local dir)."""
     from appliance.bundle.format import (
         FORMAT_VERSION,
         BundleManifest,
+        DatasetRef,
         FileEntry,
         ModelRef,
         PackageRef,
@@ -141,6 +144,13 @@ def build_bundle(
             if p.is_file():
                 add(p, f"{base}/{p.relative_to(src)}", "model")
         refs_m.append(ModelRef(repo_id=repo_id, revision=rev, path=base))
+    refs_ds = []
+    for repo_id, (rev, src) in (datasets or {}).items():
+        base = DatasetRef.dir_for(repo_id, rev)
+        for p in sorted(src.rglob("*")):
+            if p.is_file():
+                add(p, f"{base}/{p.relative_to(src)}", "dataset")
+        refs_ds.append(DatasetRef(repo_id=repo_id, revision=rev, path=base))
     if ansible_dir is not None:
         for p in sorted(ansible_dir.rglob("*")):
             if p.is_file() and "__pycache__" not in p.parts:
@@ -162,6 +172,7 @@ def build_bundle(
         created=datetime.now(UTC),
         target=TargetPlatform(python=f"{sys.version_info.major}.{sys.version_info.minor}"),
         models=refs_m,
+        datasets=refs_ds,
         wheels=refs_w,
         debs=refs_d,
         files=sorted(files, key=lambda f: f.path),

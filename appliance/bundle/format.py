@@ -4,7 +4,8 @@ A bundle is a directory:
 
     bundle.json      this manifest: every other file with path, size, sha256, kind, source
     signatures/      one OpenSSF model-signing signature per signer, over the whole tree
-    wheels/ models/ORG--NAME/REVISION/ debs/ ansible/ appliance/ files/ sbom.cdx.json
+    wheels/ models/ORG--NAME/REVISION/ datasets/ORG--NAME/REVISION/ debs/ ansible/ appliance/
+    files/ sbom.cdx.json
 
 Only fields declared here exist; unknown fields are refused (`extra="forbid"`), so a
 field smuggled into a signed manifest cannot change what an older verifier does.
@@ -30,6 +31,7 @@ SIGNATURE_SUFFIX = ".sig"
 SBOM_NAME = "sbom.cdx.json"
 WHEELS_DIR = "wheels"
 MODELS_DIR = "models"
+DATASETS_DIR = "datasets"
 DEBS_DIR = "debs"
 ANSIBLE_DIR = "ansible"
 APPLIANCE_DIR = "appliance"
@@ -50,6 +52,7 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 class FileKind(StrEnum):
     wheel = "wheel"
     model = "model"
+    dataset = "dataset"
     deb = "deb"
     file = "file"
     ansible = "ansible"
@@ -110,6 +113,21 @@ class ModelRef(Strict):
         return f"{MODELS_DIR}/{repo_id.replace('/', '--')}/{revision}"
 
 
+class DatasetRef(Strict):
+    """A dataset snapshot (evaluation data for lm_eval tasks) under datasets/ORG--NAME/REVISION/:
+    a hub dataset repo at a full commit id, or a local directory (`local/NAME` at the sha1 of
+    its file listing). Pinned, hashed and installed like a model; a file of its own kind, so a
+    verifier that predates datasets refuses such a bundle rather than misreading it."""
+
+    repo_id: str
+    revision: Annotated[str, Field(pattern=COMMIT_RE.pattern)]
+    path: str
+
+    @staticmethod
+    def dir_for(repo_id: str, revision: str) -> str:
+        return f"{DATASETS_DIR}/{repo_id.replace('/', '--')}/{revision}"
+
+
 class PackageRef(Strict):
     """A wheel or deb, for the SBOM and `bundle inspect`."""
 
@@ -126,6 +144,9 @@ class BundleManifest(Strict):
     expires: datetime | None = None
     target: TargetPlatform
     models: list[ModelRef] = []
+    datasets: list[DatasetRef] = []
+    """Pinned evaluation datasets; written only when there are some (older verifiers read the
+    bytes of a bundle without them)."""
     wheels: list[PackageRef] = []
     debs: list[PackageRef] = []
     files: list[FileEntry]
@@ -174,11 +195,13 @@ class BundleManifest(Strict):
         return self
 
     def canonical_bytes(self) -> bytes:
-        # `base` is written only in a delta, so a full bundle's bytes are what they always were
-        # and an older verifier reads them.
+        # `base` is written only in a delta and `datasets` only when there are some, so a full
+        # bundle's bytes are what they always were and an older verifier reads them.
         data = self.model_dump(mode="json")
         if data.get("base") is None:
             data.pop("base", None)
+        if not data.get("datasets"):
+            data.pop("datasets", None)
         for f in data["files"]:
             if f.get("base") is None:
                 f.pop("base", None)

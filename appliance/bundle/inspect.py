@@ -148,10 +148,11 @@ def _summary(
         sel = [f for f in m.files if f.kind == kind]
         return len(sel), sum(f.size for f in sel)
 
-    models = []
-    for ref in m.models:
+    models: list[dict[str, Any]] = []
+    datasets: list[dict[str, Any]] = []
+    for ref, into in [*((r, models) for r in m.models), *((r, datasets) for r in m.datasets)]:
         sel = [f for f in m.files if f.path.startswith(ref.path.rstrip("/") + "/")]
-        models.append(
+        into.append(
             {
                 "repo_id": ref.repo_id,
                 "revision": ref.revision,
@@ -174,6 +175,7 @@ def _summary(
         "expired": expired,
         "target": m.target.model_dump(),
         "models": models,
+        "datasets": datasets,
         "wheels": {"count": wheel_files, "bytes": wheel_bytes, "packages": len(m.wheels)},
         "debs": {
             "count": deb_files,

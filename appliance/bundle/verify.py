@@ -117,6 +117,7 @@ class VerifyReport:
             "bytes": self.bytes,
             "seconds": round(self.seconds, 3),
             "models": [{"repo_id": r.repo_id, "revision": r.revision} for r in m.models],
+            "datasets": [{"repo_id": r.repo_id, "revision": r.revision} for r in m.datasets],
             "wheels": len(m.wheels),
             "debs": len(m.debs),
             "base": (
@@ -371,7 +372,7 @@ def check_manifest(
             raise UnlistedFile(
                 f"{where}/{f.path}: marked as taken from the base release, yet signed as carried", path=f.path
             )
-    for ref in [*manifest.models, *manifest.wheels, *manifest.debs]:
+    for ref in [*manifest.models, *manifest.datasets, *manifest.wheels, *manifest.debs]:
         check_rel_path(ref.path, where=path)
     for rel in statement:
         if rel != BUNDLE_JSON:

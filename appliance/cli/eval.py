@@ -49,7 +49,8 @@ def eval_cmd(
         list[str] | None,
         typer.Option(
             "--suite",
-            help="Run only this suite (heldout, redteam, leakage, a registered suite, lm:TASK); repeatable. "
+            help="Run only this suite (heldout, redteam, leakage, a registered suite, lm:TASK, "
+            "lm:default for eval.harness_default); repeatable. "
             "A partial run does not count for the promotion gate.",
         ),
     ] = None,

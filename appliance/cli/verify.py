@@ -194,7 +194,7 @@ def inspect(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show what a bundle holds: models, wheels, debs, SBOM, signers, expiry."""
+    """Show what a bundle holds: models, datasets, wheels, debs, SBOM, signers, expiry."""
     from appliance.bundle.inspect import inspect_bundle
 
     info = inspect_bundle(bundle if len(bundle) > 1 else bundle[0], trust or [])
@@ -212,6 +212,8 @@ def inspect(
         out.print(
             f"  model {mdl['repo_id']} @ {mdl['revision']}: {mdl['files']} files, {mdl['bytes']:,} bytes"
         )
+    for ds in info["datasets"]:
+        out.print(f"  dataset {ds['repo_id']} @ {ds['revision']}: {ds['files']} files, {ds['bytes']:,} bytes")
     w = info["wheels"]
     out.print(f"  wheels: {w['count']} files, {w['bytes']:,} bytes")
     d = info["debs"]

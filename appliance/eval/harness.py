@@ -1,37 +1,149 @@
 """Generic capability through EleutherAI's lm-evaluation-harness (`lm_eval`), offline.
 
-A task is an lm_eval task YAML in the enclave's task directory (`eval.harness_dir`), whose
-data files lie beside it (`dataset_path: json`, `data_files` relative to that directory):
-nothing is looked up on a hub. The model is the one the other suites use, already in
-memory (lm_eval's HFLM takes a loaded model), so the adapter is never written out. The
-datasets library's Arrow cache goes to a temporary directory removed afterwards.
+A task is an lm_eval task YAML: the enclave's own in its task directory (`eval.harness_dir`),
+else lm_eval's stock task of that name (mmlu, gsm8k, hellaswag, arc_easy, ...). Its data is
+either beside it (`dataset_path: json`, `data_files` relative to that directory) or a dataset
+the bundle pinned (manifest `datasets:`): a task whose `dataset_path` names a pinned repo id
+(`allenai/ai2_arc`, or `local/NAME`) runs from the store's snapshot of it. For that the task's
+directory is mirrored into a temporary one (YAMLs copied with those `dataset_path`s rewritten
+to the snapshot, everything else linked), so the stock YAMLs run unchanged from pinned data.
+A task naming a hub dataset the release does not pin is skipped, named in one line: nothing is
+ever looked up on a hub. The model is the one the other suites use, already in memory
+(lm_eval's HFLM takes a loaded model), so the adapter is never written out. The datasets
+library's Arrow cache goes to a temporary directory removed afterwards.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from appliance.eval.errors import EvalError
 
 PREFIX = "lm:"
+DEFAULT = "default"
+"""`lm:default` stands for the tasks of eval.harness_default."""
+
+_DATASET_PATH = re.compile(
+    r"""^(?P<key>\s*dataset_path:\s*)(?P<q>['"]?)(?P<val>[^'"\s#]+)(?P=q)(?P<rest>\s*(#.*)?)$"""
+)
+_INCLUDE = re.compile(r"""^include:\s*['"]?(?P<val>[^'"\s#]+)""")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_YAML_SUFFIXES = (".yaml", ".yml", "_yaml")  # lm_eval's templates are `_default_template_yaml`
 
 
-def task_version(tasks_dir: Path, task: str) -> str:
-    """A content hash of the task directory (every YAML and data file), so a changed task is a
-    changed suite."""
-    if not (tasks_dir / f"{task}.yaml").is_file():
-        raise EvalError(f"suite {PREFIX}{task}: no {task}.yaml in the harness directory {tasks_dir}")
+@dataclass
+class TaskSource:
+    """Where a task's YAML lives and the hub datasets it reads (`dataset_path: ORG/NAME`)."""
+
+    task: str
+    dir: Path
+    """Its directory (mirrored whole, so includes and `!function` modules resolve)."""
+    needs: list[str] = field(default_factory=list)
+
+
+def _is_yaml(path: Path) -> bool:
+    return path.name.endswith(_YAML_SUFFIXES)
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+
+
+def _hub_paths(text: str) -> list[str]:
+    out = []
+    for line in text.splitlines():
+        m = _DATASET_PATH.match(line)
+        if m and _HUB_ID.match(m["val"]):
+            out.append(m["val"])
+    return out
+
+
+def _stock_yaml(task: str) -> Path | None:
+    """lm_eval's own YAML declaring `task: TASK` or `group: TASK` (a text scan: building
+    lm_eval's full task index reads every YAML it ships and takes seconds)."""
+    try:
+        import lm_eval.tasks
+    except ImportError:
+        return None
+    root = Path(lm_eval.tasks.__file__).parent
+    decl = re.compile(rf"^(task|group):\s*['\"]?{re.escape(task)}['\"]?\s*$", re.M)
+    hits = sorted(p for p in root.rglob("*.yaml") if decl.search(p.read_text(errors="replace")))
+    return min(hits, key=lambda p: len(p.parts)) if hits else None
+
+
+def find_task(tasks_dir: Path, task: str) -> TaskSource:
+    """The task in the enclave's directory, else lm_eval's stock task of that name; with the
+    hub datasets it reads: from its YAML and what it includes, and for a group (mmlu) every YAML
+    of its directory, where its subtasks live."""
+    own = tasks_dir / f"{task}.yaml"
+    if own.is_file():
+        yaml_path, root = own, tasks_dir
+    elif (stock := _stock_yaml(task)) is not None:
+        yaml_path, root = stock, stock.parent
+    else:
+        raise EvalError(
+            f"suite {PREFIX}{task}: no {task}.yaml in the harness directory {tasks_dir}, "
+            "and lm_eval ships no task of that name"
+        )
+    text = yaml_path.read_text(errors="replace")
+    if re.search(r"^group:", text, re.M):
+        sources = [p for p in _files(root) if _is_yaml(p)]
+    else:
+        sources, todo = [], [yaml_path]
+        while todo:  # the include chain (relative to each YAML)
+            p = todo.pop()
+            if p in sources or not p.is_file():
+                continue
+            sources.append(p)
+            todo += [p.parent / m["val"] for ln in p.read_text(errors="replace").splitlines()
+                     if (m := _INCLUDE.match(ln))]  # fmt: skip
+    needs = sorted({n for p in sources for n in _hub_paths(p.read_text(errors="replace"))})
+    return TaskSource(task, root, needs)
+
+
+def task_version(tasks_dir: Path, task: str, pinned: dict[str, str] | None = None) -> str:
+    """A content hash of the task's directory (every YAML and data file) and of the pinned
+    datasets it reads (repo id and revision: a snapshot is content-addressed), so a changed
+    task or changed data is a changed suite."""
+    src = find_task(tasks_dir, task)
     h = hashlib.sha256()
-    for path in sorted(p for p in tasks_dir.rglob("*") if p.is_file()):
-        h.update(str(path.relative_to(tasks_dir)).encode() + b"\0")
+    for path in _files(src.dir):
+        h.update(str(path.relative_to(src.dir)).encode() + b"\0")
         h.update(hashlib.sha256(path.read_bytes()).digest())
+    for repo in src.needs:
+        h.update(f"dataset {repo}@{(pinned or {}).get(repo, 'unpinned')}\n".encode())
     return h.hexdigest()
+
+
+def mirror(src: Path, dest: Path, datasets: dict[str, str]) -> int:
+    """`src` mirrored into `dest`: YAMLs copied with a `dataset_path` naming a pinned repo
+    rewritten to its snapshot directory, every other file linked. Returns how many were
+    rewritten."""
+    rewritten = 0
+    for path in _files(src):
+        out = dest / path.relative_to(src)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if not _is_yaml(path):
+            out.symlink_to(path.absolute())
+            continue
+        lines = []
+        for line in path.read_text().splitlines():
+            m = _DATASET_PATH.match(line)
+            if m and m["val"] in datasets:
+                line = f"{m['key']}{json.dumps(datasets[m['val']])}{m['rest']}"  # quoted: any path
+                rewritten += 1
+            lines.append(line)
+        out.write_text("\n".join(lines) + "\n")
+    return rewritten
 
 
 @contextlib.contextmanager
@@ -54,17 +166,30 @@ def _offline_cache(tasks_dir: Path) -> Iterator[None]:
             os.environ.update(saved_env)
 
 
-def run_task(model, tokenizer, tasks_dir: Path, task: str, *, limit: int | None, batch_size: int) -> dict:
-    """{"metrics": {name: value}, "headline": name, "samples": [value per document]}."""
+def run_task(
+    model,
+    tokenizer,
+    tasks_dir: Path,
+    task: str,
+    *,
+    limit: int | None,
+    batch_size: int,
+    datasets: dict[str, str] | None = None,
+) -> dict:
+    """{"metrics": {name: value}, "headline": name, "samples": [value per document]}.
+
+    `datasets` maps the pinned repo ids the task reads to their snapshot directories."""
     try:
         import lm_eval
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
     except ImportError:
         raise EvalError(f"suite {PREFIX}{task}: lm_eval is not installed in this release") from None
-    with _offline_cache(tasks_dir):
+    src = find_task(tasks_dir, task)
+    with tempfile.TemporaryDirectory(prefix="enclave-lm-tasks-") as tmp, _offline_cache(Path(tmp)):
+        mirror(src.dir, Path(tmp), datasets or {})
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-        manager = TaskManager(include_path=str(tasks_dir), include_defaults=False, verbosity="ERROR")
+        manager = TaskManager(include_path=tmp, include_defaults=False, verbosity="ERROR")
         try:
             res = lm_eval.simple_evaluate(
                 model=lm, tasks=[task], task_manager=manager, limit=limit, log_samples=True
@@ -77,5 +202,8 @@ def run_task(model, tokenizer, tasks_dir: Path, task: str, *, limit: int | None,
         if isinstance(v, int | float) and "stderr" not in k
     }
     headline = "acc" if "acc" in metrics else next(iter(metrics), None)
-    samples = [float(s.get(headline, 0.0)) for s in res.get("samples", {}).get(task, [])] if headline else []
+    logged = res.get("samples", {})
+    # A group (mmlu) logs its documents under each subtask: the group's are all of them.
+    docs = logged[task] if task in logged else [d for sub in logged.values() for d in sub]
+    samples = [float(s.get(headline, 0.0)) for s in docs] if headline else []
     return {"metrics": metrics, "headline": headline, "samples": samples}

@@ -128,7 +128,7 @@ def run_subject(
     raw: dict[str, Any] = {}
     for suite in plan.suites:
         t0 = time.monotonic()
-        if suite.kind == "harness":
+        if suite.kind == "harness" and not suite.skipped:
             raw[suite.name] = harness.run_task(
                 loaded.model,
                 loaded.tokenizer,
@@ -136,6 +136,7 @@ def run_subject(
                 suite.meta["task"],
                 limit=suite.meta.get("limit"),
                 batch_size=loaded.batch_size,
+                datasets=suite.meta.get("datasets"),
             )
             say(f"{role}: {suite.name}: lm_eval in {time.monotonic() - t0:.1f} s")
             continue
@@ -255,7 +256,7 @@ def evaluate(
     findings: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for suite in plan.suites:
         entry: dict[str, Any] = {"kind": suite.kind, "version": suite.version, "meta": suite.meta}
-        if suite.kind == "harness":
+        if suite.kind == "harness" and not suite.skipped:
             runs = {role: raw[role][suite.name] for role in roles}
             entry["headline"] = runs["adapter"]["headline"]
             entry["scores"] = {r: {"n": len(v["samples"]), **v["metrics"]} for r, v in runs.items()}

@@ -307,22 +307,69 @@ def _leakage(datasets: list[store.DatasetRecord], cfg: EvalConfig, tok: Any) -> 
     return suite
 
 
+def pinned_datasets(layout: Layout) -> dict[str, tuple[str, Path]]:
+    """The evaluation datasets the current release pins: repo id -> (revision, store snapshot).
+    No release installed (an enclave evaluating from eval.harness_dir alone): none."""
+    from appliance.install.releases import current_release
+    from appliance.install.store import dataset_snapshot_path
+
+    try:
+        release = current_release(layout)
+    except EnclaveError:
+        return {}
+    return {
+        d.repo_id: (d.revision, dataset_snapshot_path(layout, d.repo_id, d.revision))
+        for d in release.manifest.datasets
+    }
+
+
 def _harness(layout: Layout, cfg: EvalConfig, task: str, limit: int | None) -> Suite:
-    """An lm_eval task from the harness directory: eval.harness_dir, else the installed
-    release's files/ (where a bundle's `files:` entries land: task YAMLs and their data)."""
-    from appliance.eval.harness import task_version
+    """An lm_eval task: the harness directory's (eval.harness_dir, else the installed release's
+    files/, where a bundle's `files:` entries land), else lm_eval's stock task of that name; its
+    hub datasets read from the release's pinned snapshots. A task reading a hub dataset the
+    release does not pin is skipped, naming it: it would need the network."""
+    from appliance.eval.harness import find_task, task_version
 
     tasks_dir = Path(cfg.harness_dir).absolute() if cfg.harness_dir else layout.current / "files"
-    meta = {"task": task, "dir": str(tasks_dir), "limit": limit}
-    return Suite(LM_PREFIX + task, "harness", task_version(tasks_dir, task), meta=meta)
+    pinned = pinned_datasets(layout)
+    src = find_task(tasks_dir, task)
+    meta: dict[str, Any] = {"task": task, "dir": str(tasks_dir), "limit": limit}
+    meta["datasets"] = {r: str(pinned[r][1]) for r in src.needs if r in pinned}
+    version = task_version(tasks_dir, task, {r: rev for r, (rev, _) in pinned.items()})
+    suite = Suite(LM_PREFIX + task, "harness", version, meta=meta)
+    missing = [r for r in src.needs if r not in pinned]
+    broken = [r for r in src.needs if r in pinned and not pinned[r][1].is_dir()]
+    if missing:
+        suite.skipped = (
+            f"dataset {missing[0]} is not pinned by the installed release (manifest `datasets:`); "
+            "lm_eval would need the network"
+        )
+    elif broken:
+        suite.skipped = f"dataset {broken[0]}: its snapshot {pinned[broken[0]][1]} is missing (enclave audit)"
+    return suite
+
+
+def _expand(keys: list[str], cfg: EvalConfig) -> list[str]:
+    """`lm:default` stands for eval.harness_default's tasks (each `lm:TASK` once)."""
+    from appliance.eval.harness import DEFAULT
+
+    out: list[str] = []
+    for key in keys:
+        for k in [LM_PREFIX + t for t in cfg.harness_default] if key == LM_PREFIX + DEFAULT else [key]:
+            if k not in out:
+                out.append(k)
+    return out
 
 
 def default_suites(cfg: EvalConfig, name: str) -> list[str]:
-    return [
-        *BUILTIN,
-        *(SUITE_PREFIX + s for s in cfg.suites.get(name, [])),
-        *(LM_PREFIX + t for t in cfg.harness_tasks.get(name, [])),
-    ]
+    return _expand(
+        [
+            *BUILTIN,
+            *(SUITE_PREFIX + s for s in cfg.suites.get(name, [])),
+            *(LM_PREFIX + t for t in cfg.harness_tasks.get(name, [])),
+        ],
+        cfg,
+    )
 
 
 def _wanted(requested: list[str] | None, cfg: EvalConfig, name: str) -> list[str]:
@@ -334,7 +381,7 @@ def _wanted(requested: list[str] | None, cfg: EvalConfig, name: str) -> list[str
         key = s if s in BUILTIN or s.startswith((SUITE_PREFIX, LM_PREFIX)) else SUITE_PREFIX + s
         if key not in out:
             out.append(key)
-    return out
+    return _expand(out, cfg)
 
 
 def plan(

@@ -8,7 +8,8 @@ What is checked, and against what:
 - every file a wheel put in site-packages against that wheel's own RECORD, and the set of
   installed distributions against the wheels bundle.json lists, so editing a file and the
   receipt together is still caught;
-- every model file in the store against bundle.json, plus snapshots no release pins.
+- every model and evaluation-dataset file in the store against bundle.json, plus snapshots
+  no release pins.
 
 Bytecode rule: nothing is compiled at install time; Python writes `__pycache__/*.pyc` on
 first import. Such a file is accepted only when its source `.py` is in the receipt with an
@@ -185,12 +186,16 @@ def _check_wheels(release: Release, actual: dict[str, dict], report: AuditReport
 
 
 def _check_models(layout: Layout, release: Release, report: AuditReport) -> None:
-    for m in release.manifest.models:
-        snap = store.snapshot_path(layout, m.repo_id, m.revision)
+    snapshots = [(m, store.snapshot_path(layout, m.repo_id, m.revision)) for m in release.manifest.models]
+    snapshots += [
+        (d, store.dataset_snapshot_path(layout, d.repo_id, d.revision)) for d in release.manifest.datasets
+    ]
+    for m, snap in snapshots:
         root = m.path.rstrip("/")
         expected = {f.path[len(root) + 1 :]: f for f in store.model_files(release.manifest, m)}
         if not snap.is_dir():
-            report.add("missing", snap, f"model {m.repo_id}@{m.revision[:12]}")
+            what = "dataset" if m in release.manifest.datasets else "model"
+            report.add("missing", snap, f"{what} {m.repo_id}@{m.revision[:12]}")
             continue
         present = {str(p.relative_to(snap)) for p in snap.rglob("*") if not p.is_dir() or p.is_symlink()}
         report.checked += len(present)
@@ -205,9 +210,17 @@ def _check_models(layout: Layout, release: Release, report: AuditReport) -> None
 
 
 def _check_store(layout: Layout, report: AuditReport) -> None:
-    pinned = set()
+    pinned, pinned_datasets = set(), set()
     for r in list_releases(layout):
         pinned |= {(m.repo_id.replace("/", "--"), m.revision) for m in r.manifest.models}
+        pinned_datasets |= {(d.repo_id.replace("/", "--"), d.revision) for d in r.manifest.datasets}
+    datasets = store.dataset_snapshots_dir(layout)
+    for org in sorted(datasets.iterdir()) if datasets.is_dir() else []:
+        for rev in sorted(org.iterdir()) if org.is_dir() else [org]:
+            if rev.name.startswith(store.TMP_PREFIX):
+                report.add("unexplained", rev, "left by an interrupted install (the next install removes it)")
+            elif (org.name, rev.name) not in pinned_datasets:
+                report.add("unexplained", rev, "dataset snapshot pinned by no installed release")
     snaps = store.snapshots_dir(layout)
     if snaps.is_dir():
         for org in sorted(snaps.iterdir()):

@@ -39,7 +39,7 @@ def needed_bytes(layout: Layout, bundle_dir: Path, manifest: BundleManifest) -> 
     blobs = store.blobs_dir(layout)
     seen: set[str] = set()
     for f in manifest.files:
-        if f.kind in (FileKind.model, FileKind.wheel, FileKind.appliance, FileKind.deb):
+        if f.kind in (FileKind.model, FileKind.dataset, FileKind.wheel, FileKind.appliance, FileKind.deb):
             if f.sha256 not in seen and not (blobs / f.sha256).exists():
                 total += f.size
             seen.add(f.sha256)

@@ -313,6 +313,12 @@ def _build(
         models.append(
             {"repo_id": m.repo_id, "revision": m.revision, "snapshot": str(snap.relative_to(layout.prefix))}
         )
+    for d in manifest.datasets:  # evaluation data: the same store, read-only, linked the same way
+        say(f"storing dataset {d.repo_id}@{d.revision[:12]}")
+        snap = store.install_model(layout, bundle_dir, manifest, d, on_file=lambda _i: kill_point("models"))
+        link = staging / d.path
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(snap, (final / d.path).parent), link)
 
     _keep_packages(layout, verified, inputs, staging)
 

@@ -117,10 +117,11 @@ def uninstall(layout: Layout, name: str) -> list[str]:
         trash = layout.releases / f"{TRASH_PREFIX}{name}.{os.getpid()}"
         os.replace(release.path, trash)
         shutil.rmtree(trash)
-        keep = set()
+        keep, keep_datasets = set(), set()
         for r in list_releases(layout):
             keep |= {(m.repo_id, m.revision) for m in r.manifest.models}
-        freed = store.gc(layout, keep)
+            keep_datasets |= {(d.repo_id, d.revision) for d in r.manifest.datasets}
+        freed = store.gc(layout, keep, keep_datasets)
         ledger.forget(layout, release.release_name)
         ledger.record_event(layout, "uninstall", release.release_name, None, ",".join(freed))
         return freed

@@ -5,6 +5,10 @@
                                  the filesystem refuses a link)
     releases/X/models/ORG--NAME/REV -> the snapshot (a symlink)
 
+and beside it PREFIX/store/datasets/ORG--NAME/REV/: an evaluation dataset at one commit, hard
+links to the same blobs (releases/X/datasets/ORG--NAME/REV -> it). Datasets have a directory
+of their own because a hub dataset repo may share its ORG/NAME with a model repo.
+
 Two releases that pin the same model share one snapshot, and two snapshots that share a
 file (a tokenizer, a config) share one blob, so a new release costs only what changed.
 The wheels and .debs a release keeps (releases/X/wheels/, appliance/, debs/) are blobs too.
@@ -21,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.bundle.format import BundleManifest, FileEntry, ModelRef
+from appliance.bundle.format import BundleManifest, DatasetRef, FileEntry, ModelRef
 from appliance.fsutil import fsync_dir, sha256_file
 from appliance.install import media
 from appliance.install.errors import ModelNotFound
@@ -50,7 +54,15 @@ def snapshot_path(layout: Layout, repo_id: str, revision: str) -> Path:
     return snapshots_dir(layout) / repo_id.replace("/", "--") / revision
 
 
-def model_files(manifest: BundleManifest, model: ModelRef) -> list[FileEntry]:
+def dataset_snapshots_dir(layout: Layout) -> Path:
+    return layout.models.parent / "datasets"
+
+
+def dataset_snapshot_path(layout: Layout, repo_id: str, revision: str) -> Path:
+    return dataset_snapshots_dir(layout) / repo_id.replace("/", "--") / revision
+
+
+def model_files(manifest: BundleManifest, model: ModelRef | DatasetRef) -> list[FileEntry]:
     """The manifest's entries under a model's directory."""
     root = model.path.rstrip("/") + "/"
     return [f for f in manifest.files if f.path.startswith(root)]
@@ -125,14 +137,15 @@ def install_model(
     layout: Layout,
     bundle_dir: Path,
     manifest: BundleManifest,
-    model: ModelRef,
+    model: ModelRef | DatasetRef,
     *,
     on_file: Callable[[int], None] | None = None,
 ) -> Path:
-    """Put one model of the bundle into the store; returns its snapshot directory."""
+    """Put one model (or evaluation dataset) of the bundle into the store; returns its snapshot."""
     files = model_files(manifest, model)
     root = model.path.rstrip("/")
-    snap = snapshot_path(layout, model.repo_id, model.revision)
+    where = dataset_snapshot_path if isinstance(model, DatasetRef) else snapshot_path
+    snap = where(layout, model.repo_id, model.revision)
     if snap.is_dir() and snapshot_matches(snap, files, root):
         return snap
     snap.parent.mkdir(parents=True, exist_ok=True)
@@ -161,7 +174,11 @@ def install_model(
 
 def clean_tmp(layout: Layout) -> None:
     """Remove what an interrupted install left in the store (caller holds the install lock)."""
-    for parent in (blobs_dir(layout), *(snapshots_dir(layout).glob("*"))):
+    for parent in (
+        blobs_dir(layout),
+        *snapshots_dir(layout).glob("*"),
+        *dataset_snapshots_dir(layout).glob("*"),
+    ):
         if not parent.is_dir():
             continue
         for entry in parent.glob(f"{TMP_PREFIX}*"):
@@ -171,17 +188,24 @@ def clean_tmp(layout: Layout) -> None:
                 entry.unlink(missing_ok=True)
 
 
-def gc(layout: Layout, keep: set[tuple[str, str]]) -> list[str]:
-    """Drop snapshots no release pins, then blobs nothing links to; returns what went."""
+def gc(
+    layout: Layout, keep: set[tuple[str, str]], keep_datasets: set[tuple[str, str]] = frozenset()
+) -> list[str]:
+    """Drop model and dataset snapshots no release pins, then blobs nothing links to; returns
+    what went (datasets as `dataset ORG/NAME@REV`)."""
     removed = []
-    snaps = snapshots_dir(layout)
-    if snaps.is_dir():
+    for snaps, pinned, label in (
+        (snapshots_dir(layout), keep, ""),
+        (dataset_snapshots_dir(layout), keep_datasets, "dataset "),
+    ):
+        if not snaps.is_dir():
+            continue
         for org in snaps.iterdir():
             for rev in org.iterdir() if org.is_dir() else ():
                 repo_id = org.name.replace("--", "/", 1)
-                if (repo_id, rev.name) not in keep and not rev.name.startswith(TMP_PREFIX):
+                if (repo_id, rev.name) not in pinned and not rev.name.startswith(TMP_PREFIX):
                     shutil.rmtree(rev)
-                    removed.append(f"{repo_id}@{rev.name}")
+                    removed.append(f"{label}{repo_id}@{rev.name}")
             if org.is_dir() and not any(org.iterdir()):
                 org.rmdir()
     blobs = blobs_dir(layout)

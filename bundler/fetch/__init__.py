@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from appliance.bundle.format import FileKind, ModelRef, PackageRef
+from appliance.bundle.format import DatasetRef, FileKind, ModelRef, PackageRef
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class Fetched:
 
     files: list[Produced] = field(default_factory=list)
     models: list[ModelRef] = field(default_factory=list)
+    datasets: list[DatasetRef] = field(default_factory=list)
     wheels: list[PackageRef] = field(default_factory=list)
     debs: list[PackageRef] = field(default_factory=list)
     reused: int = 0
@@ -40,6 +41,7 @@ class Fetched:
     def merge(self, other: Fetched) -> None:
         self.files += other.files
         self.models += other.models
+        self.datasets += other.datasets
         self.wheels += other.wheels
         self.debs += other.debs
         self.reused += other.reused

@@ -1,10 +1,12 @@
-"""Hub models at a pinned commit, each file checked against what the hub says it is.
+"""Hub models (and evaluation dataset repos) at a pinned commit, each file checked against
+what the hub says it is.
 
 The hub's file list (`model_info(files_metadata=True)`) gives every LFS file's sha256
 and every other file's git blob id; both are checked on the bytes we got, so a mirror or
 proxy that serves other content is caught here, before anything is signed. Downloads go
 through `hf_hub_download` (which honours HF_ENDPOINT and HF_TOKEN) into a staging
-directory, and only checked files move into models/ORG--NAME/REVISION/.
+directory, and only checked files move into models/ORG--NAME/REVISION/ (a dataset repo,
+`dataset_info` and `repo_type="dataset"`: datasets/ORG--NAME/REVISION/).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
-from appliance.bundle.format import FileKind, ModelRef
+from appliance.bundle.format import DatasetRef, FileKind, ModelRef
 from appliance.errors import FetchError
 from appliance.fsutil import CHUNK
 from bundler.fetch import Fetched, Produced
@@ -68,10 +70,11 @@ def list_hub_files(index: int, spec: ModelSpec) -> list:
 
     assert spec.repo is not None and spec.revision is not None
     repo, rev = spec.repo, spec.revision
-    where = f"models[{index}] {repo}@{rev[:12]}"
+    where = f"{spec.what}s[{index}] {repo}@{rev[:12]}"
     api = HfApi()
+    info_of = api.dataset_info if spec.repo_type == "dataset" else api.model_info
     try:
-        info = api.model_info(repo, revision=rev, files_metadata=True)
+        info = info_of(repo, revision=rev, files_metadata=True)
     except RevisionNotFoundError:
         raise FetchError(f"{where}: revision {rev} not found on {api.endpoint}") from None
     except RepositoryNotFoundError:
@@ -101,6 +104,7 @@ def list_hub_files(index: int, spec: ModelSpec) -> list:
 def fetch_hub_model(
     index: int, spec: ModelSpec, tree: Path, staging: Path, reporter: Reporter, workers: int = 4
 ) -> Fetched:
+    """A hub model (or, for a DatasetSpec, a hub dataset repo) into its pinned directory."""
     import httpx
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError
@@ -110,15 +114,20 @@ def fetch_hub_model(
     siblings = list_hub_files(index, spec)
     assert spec.repo is not None and spec.revision is not None
     repo, rev = spec.repo, spec.revision
-    where = f"models[{index}] {repo}@{rev[:12]}"
+    where = f"{spec.what}s[{index}] {repo}@{rev[:12]}"
+    is_dataset = spec.repo_type == "dataset"
+    ref_type = DatasetRef if is_dataset else ModelRef
+    kind = FileKind.dataset if is_dataset else FileKind.model
 
-    rel_dir = ModelRef.dir_for(repo, rev)
+    rel_dir = ref_type.dir_for(repo, rev)
     dest_dir = tree / rel_dir
-    stage_dir = staging / "hub" / repo.replace("/", "--") / rev
-    source = f"pkg:huggingface/{repo}@{rev}"
+    stage_dir = staging / "hub" / ("datasets" if is_dataset else "") / repo.replace("/", "--") / rev
+    # huggingface_hub's own URL for a dataset repo (the purl type has no dataset form)
+    source = f"hf://datasets/{repo}@{rev}" if is_dataset else f"pkg:huggingface/{repo}@{rev}"
     total = sum((s.lfs.size if s.lfs else s.size) or 0 for s in siblings)
-    task = reporter.task(f"model {repo}", total=len(siblings))
-    out = Fetched(models=[ModelRef(repo_id=repo, revision=rev, path=rel_dir)])
+    task = reporter.task(f"{spec.what} {repo}", total=len(siblings))
+    ref = ref_type(repo_id=repo, revision=rev, path=rel_dir)
+    out = Fetched(datasets=[ref]) if is_dataset else Fetched(models=[ref])
 
     def one(sibling) -> tuple[Produced, bool]:
         name = sibling.rfilename
@@ -127,10 +136,10 @@ def fetch_hub_model(
             why, sha, size = _mismatch(dest, sibling)
             if why is None:
                 task.advance()
-                return Produced(f"{rel_dir}/{name}", FileKind.model, source, sha, size), False
+                return Produced(f"{rel_dir}/{name}", kind, source, sha, size), False
             dest.unlink()
         try:
-            got = hf_hub_download(repo, name, revision=rev, local_dir=stage_dir)
+            got = hf_hub_download(repo, name, revision=rev, local_dir=stage_dir, repo_type=spec.repo_type)
         except HfHubHTTPError as exc:
             raise FetchError(f"{where}: {name}: the hub answered {str(exc).splitlines()[0]}") from None
         except (OSError, httpx.HTTPError) as exc:
@@ -143,7 +152,7 @@ def fetch_hub_model(
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(got_path, dest)
         task.advance()
-        return Produced(f"{rel_dir}/{name}", FileKind.model, source, sha, size), True
+        return Produced(f"{rel_dir}/{name}", kind, source, sha, size), True
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="hub") as pool:
         results = list(pool.map(one, siblings))

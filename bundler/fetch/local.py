@@ -18,7 +18,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from appliance.bundle.format import ANSIBLE_DIR, FILES_DIR, FileKind, ModelRef
+from appliance.bundle.format import ANSIBLE_DIR, FILES_DIR, DatasetRef, FileKind, ModelRef
 from appliance.errors import FetchError
 from appliance.fsutil import CHUNK, sha256_file
 from bundler.fetch import Fetched, Produced
@@ -68,11 +68,15 @@ def local_revision(listing: list[tuple[str, str]]) -> str:
 def fetch_local_model(
     index: int, spec: ModelSpec, src: Path, tree: Path, reporter: Reporter, workers: int = 4
 ) -> Fetched:
+    """A local model (or, for a DatasetSpec, a local dataset directory), content-addressed."""
     assert spec.name is not None
+    is_dataset = spec.repo_type == "dataset"
+    ref_type = DatasetRef if is_dataset else ModelRef
+    kind = FileKind.dataset if is_dataset else FileKind.model
     files = walk_files(src)
     if not files:
-        raise FetchError(f"models[{index}].path: {src} holds no files")
-    task = reporter.task(f"model local/{spec.name}", total=len(files) * 2)
+        raise FetchError(f"{spec.what}s[{index}].path: {src} holds no files")
+    task = reporter.task(f"{spec.what} local/{spec.name}", total=len(files) * 2)
 
     def digest(p: Path) -> tuple[str, str, int]:
         sha, size = sha256_file(p)
@@ -83,18 +87,19 @@ def fetch_local_model(
         listing = list(pool.map(digest, files))
     revision = local_revision([(rel, sha) for rel, sha, _ in listing])
     repo_id = f"local/{spec.name}"
-    rel_dir = ModelRef.dir_for(repo_id, revision)
+    rel_dir = ref_type.dir_for(repo_id, revision)
     source = f"local:{spec.name}@{revision}"
 
     def place(item: tuple[str, str, int]) -> tuple[Produced, bool]:
         rel, sha, size = item
         copied = _copy_checked(src / rel, tree / rel_dir / rel, sha)
         task.advance()
-        return Produced(f"{rel_dir}/{rel}", FileKind.model, source, sha, size), copied
+        return Produced(f"{rel_dir}/{rel}", kind, source, sha, size), copied
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="local") as pool:
         placed = list(pool.map(place, listing))
-    out = Fetched(models=[ModelRef(repo_id=repo_id, revision=revision, path=rel_dir)])
+    ref = ref_type(repo_id=repo_id, revision=revision, path=rel_dir)
+    out = Fetched(datasets=[ref]) if is_dataset else Fetched(models=[ref])
     out.files = [p for p, _ in placed]
     out.fetched = sum(1 for _, c in placed if c)
     out.reused = len(placed) - out.fetched
