@@ -305,3 +305,77 @@ def test_close_stores_the_result_and_the_gate_refuses_a_lost_version(prefix, ser
         "adapters", "promote", "bot@0.2.0", "--override", "--reason", "board decision", env=env
     )
     assert over.returncode == 0, over.stderr
+
+
+def test_a_required_review_and_a_dataset_as_the_prompts(tmp_path, tiny_model_dir):
+    """eval.review.required: no closed round is a gate failure, and so is an inconclusive one;
+    a registered dataset's eval split is a prompt source whose classification the round inherits."""
+    import yaml
+
+    layout, env = make_prefix(tmp_path, tiny_model_dir)
+    cfg = yaml.safe_load((layout.etc / "enclave.yaml").read_text())
+    cfg["eval"]["review"]["required"] = True
+    cfg["eval"]["gate"] = True
+    (layout.etc / "enclave.yaml").write_text(yaml.safe_dump(cfg))
+    refused = run_enclave("adapters", "promote", "bot@0.2.0", env=env)
+    assert refused.returncode == 83
+    assert "bot@0.2.0: no closed review round (eval.review.required)" in refused.stderr
+    raw = tmp_path / "tickets.jsonl"
+    chat = [{"role": "user", "content": "Refund order {}?"}, {"role": "assistant", "content": "Yes."}]
+    rows = [
+        {"messages": [{**chat[0], "content": chat[0]["content"].format(i)}, chat[1]], "case": f"c{i}"}
+        for i in range(20)
+    ]
+    raw.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _ok(run_enclave("data", "add", str(raw), "--name", "tickets", "--classification", "confidential",
+                    "--split-by", "case", "--eval-fraction", "0.2", "--no-ner", env=env))  # fmt: skip
+    rnd = json.loads(
+        _ok(
+            run_enclave(
+                "review",
+                "start",
+                "bot@0.2.0",
+                "--prompts",
+                "tickets",
+                "--operators",
+                "3",
+                "--per-operator",
+                "2",
+                "--json",
+                env=env,
+            )
+        ).stdout
+    )
+    assert rnd["classification"] == "confidential" and rnd["source"].startswith("dataset tickets")
+    assert rnd["items"] == 3  # ceil(3 x 2 / 2): each item rated twice
+    conn = rs.connect(layout)
+    prompt, _a, _b = rs.item(layout, conn, rnd["id"], 0)
+    assert prompt.startswith("Refund order ")
+    _ok(run_enclave("review", "close", str(rnd["id"]), env=env))
+    inconclusive = run_enclave("adapters", "promote", "bot@0.2.0", env=env)
+    assert (
+        inconclusive.returncode == 83
+        and "is inconclusive (no ratings; at least 4 needed)" in inconclusive.stderr
+    )
+    missing = run_enclave("review", "start", "bot@0.2.0", "--prompts", "nope", env=env)
+    assert missing.returncode == 2 and "neither a file nor a registered dataset" in missing.stderr
+
+
+def test_templates_and_assets_ship_as_package_data():
+    """Every template and asset is in the package (importlib.resources) and matched by the
+    pyproject package-data globs the wheel is built from."""
+    import fnmatch
+    import tomllib
+    from importlib import resources
+    from pathlib import Path
+
+    root = resources.files("appliance.review.web")
+    shipped = [f"{d}/{p.name}" for d in ("templates", "static") for p in (root / d).iterdir() if p.is_file()]
+    assert {"templates/rate.html", "templates/registry.html", "static/review.css", "static/review.js"} <= set(
+        shipped
+    )
+    cfg = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    globs = cfg["tool"]["setuptools"]["package-data"]["appliance.review.web"]
+    assert all(any(fnmatch.fnmatch(f, g) for g in globs) for f in shipped), shipped
+    js = (root / "static" / "review.js").read_text()
+    assert "http" not in js and "fetch(" not in js  # no request of its own

@@ -143,9 +143,12 @@ def serve(
     asgi = create_app(lay, load_config(lay), allow=allow or [])
     if not ipaddress.ip_address(host).is_loopback:
         err.print(
-            f"serving on {host}:{port}: the host firewall opens it only with enclave_review_port={port} "
-            "and enclave_review_interface set (ansible egress_lockdown role)",
+            f"serving on {host}:{port}: the host firewall (egress_lockdown role) opens it"
+            " to the admin networks only with "
+            f"egress_lockdown_review_open: true and egress_lockdown_review_port: {port}"
+            + ("" if allow else "; and only loopback clients are accepted without --allow CIDR"),
             markup=False,
+            soft_wrap=True,
         )
     err.print(f"review server on http://{bind} (Ctrl-C stops it)", markup=False)
     uvicorn.run(
