@@ -264,3 +264,38 @@ def test_a_new_row_from_a_recipe_is_one_command_and_one_line(tmp_path):
     again = P.estimate(shape, conf, P.hardware("h200"), new.data, table=table)
     assert again.row is new  # the 70B row is now the nearest for a 70B run
     assert near(again.memory.peak / P.GiB, new.raw["peak_gib"]) and near(again.slots_s, new.raw["slots_s"])
+
+
+def test_chat_rows_without_a_tokenizer_and_padding_without_packing(tmp_path):
+    """No tokenizer at hand: characters / 4, said so. Chat rows train on the assistant's turns.
+    Without packing a micro-step is padded to its longest row: the peak takes the longest, the
+    speed the mean padded width, and the trained share of the slots drops accordingly."""
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": "q" * (40 + 8 * i)},
+                {"role": "assistant", "content": "a" * 400},
+            ]
+        }
+        for i in range(50)
+    ]
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    conf = {"sequence_len": 2048, "micro_batch_size": 4, "sample_packing": False, "lora_r": 8,
+            "lora_target_modules": ["q_proj", "v_proj"], "bf16": True, "load_in_4bit": True}  # fmt: skip
+    k = P.Knobs.from_config(conf)
+    stats = P.data_stats([(data, "chat", None)], None, k)
+    assert stats.rows == 50 and "characters / 4" in stats.source
+    assert stats.trained_fraction * stats.tokens == pytest.approx(50 * 100, rel=0.01)
+    assert max(stats.lengths) - min(stats.lengths) == pytest.approx(49 * 8 / 4, abs=2)
+    width = stats.padded_width(4, 2048)
+    assert stats.mean < width <= max(stats.lengths)
+    assert P.micro_tokens(k, stats, peak=True) == 4 * max(stats.lengths)
+    packed = P.Knobs.from_config({**conf, "sample_packing": True})
+    assert P.micro_tokens(packed, stats, peak=False) == 4 * 2048
+    # Two CPU processes share the host's RAM.
+    one, two = P.hardware("cpu", 1), P.hardware("cpu", 2)
+    shape = P.shape_from("llama-3-8b")
+    assert P.estimate(shape, conf, two, stats).usable_gib == pytest.approx(
+        P.estimate(shape, conf, one, stats).usable_gib / 2
+    )

@@ -859,7 +859,8 @@ def estimate(
     par = parallel.choose(config, hw.count, devices, Path(), resident=resident)
     shards = hw.count if par.mode == "fsdp" else 1
     mem = memory(shape, k, data, cal, shards)
-    usable = hw.gpu.memory_gib - (0 if hw.is_cpu else RESERVE_GIB)
+    # A GPU each process, less its context; on a CPU the processes share the host's RAM.
+    usable = hw.gpu.memory_gib / hw.count if hw.is_cpu else hw.gpu.memory_gib - RESERVE_GIB
     row = nearest(rows, shape, k, hw, data)
     slots = mfu = trained = None
     if row is not None:
