@@ -30,7 +30,6 @@ import json
 import math
 import os
 import random
-import re
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field
@@ -1167,9 +1166,6 @@ def plan_checked(checked: Any, gpus: int, devices_cuda: int | None = None) -> Pl
     )  # fmt: skip
 
 
-_ROW_KEYS = re.compile(r"^[a-z0-9_]+$")
-
-
 def row_config(config: dict[str, Any]) -> dict[str, Any]:
     """The knobs of a YAML a calibration row carries (KNOBS), for adding a row from a recipe."""
-    return {k: config[k] for k in KNOBS if k in config and _ROW_KEYS.match(k)}
+    return {k: config[k] for k in KNOBS if k in config}
