@@ -379,3 +379,62 @@ def test_templates_and_assets_ship_as_package_data():
     assert all(any(fnmatch.fnmatch(f, g) for g in globs) for f in shipped), shipped
     js = (root / "static" / "review.js").read_text()
     assert "http" not in js and "fetch(" not in js  # no request of its own
+
+
+def _self_signed(tmp_path):
+    """A certificate for 127.0.0.1 and its key, made here (the officer's CA would sign it)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "review")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    other = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "other.pem").write_bytes(
+        other.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "other.pem"
+
+
+def test_serve_over_tls_sets_secure_cookies(prefix, opened, tmp_path):
+    _layout, env, _ = prefix
+    cert, key, other = _self_signed(tmp_path)
+    proc, url = serve(env, "--tls-cert", str(cert), "--tls-key", str(key))
+    try:
+        with httpx.Client(base_url=url.replace("http:", "https:"), verify=str(cert), timeout=30) as c:
+            r = c.get("/")
+        assert r.status_code == 200 and "secure" in r.headers["set-cookie"].lower()
+        assert r.headers["strict-transport-security"] == "max-age=31536000"
+    finally:
+        stop(proc)
+    wrong = run_enclave("review", "serve", "--tls-cert", str(cert), "--tls-key", str(other), env=env)
+    assert wrong.returncode == 2 and "not a usable PEM certificate and key" in wrong.stderr
+    half = run_enclave("review", "serve", "--tls-cert", str(cert), env=env)
+    assert half.returncode == 2 and "go together" in half.stderr

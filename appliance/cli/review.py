@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import ssl
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -126,6 +128,12 @@ def serve(
         list[str] | None,
         typer.Option("--allow", help="Also accept clients from this CIDR (loopback always); repeatable."),
     ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option("--tls-cert", help="PEM certificate (chain): serve HTTPS, cookies Secure.")
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option("--tls-key", help="Its PEM private key (unencrypted).")
+    ] = None,
 ) -> None:
     """Serve the rating and registry pages (uvicorn; no external asset, no outbound request)."""
     import uvicorn
@@ -139,8 +147,11 @@ def serve(
         networks(allow or [])
     except ValueError as exc:
         raise UsageError(f"--allow: {exc}") from None
+    if (tls_cert is None) != (tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together")
+    tls = _check_tls(tls_cert, tls_key) if tls_cert and tls_key else None
     rs.connect(lay).close()  # the tables exist before the first request
-    asgi = create_app(lay, load_config(lay), allow=allow or [])
+    asgi = create_app(lay, load_config(lay), allow=allow or [], tls=tls is not None)
     if not ipaddress.ip_address(host).is_loopback:
         err.print(
             f"serving on {host}:{port}: the host firewall (egress_lockdown role) opens it"
@@ -150,7 +161,7 @@ def serve(
             markup=False,
             soft_wrap=True,
         )
-    err.print(f"review server on http://{bind} (Ctrl-C stops it)", markup=False)
+    err.print(f"review server on {'https' if tls else 'http'}://{bind} (Ctrl-C stops it)", markup=False)
     uvicorn.run(
         asgi,
         host=host,
@@ -160,7 +171,22 @@ def serve(
         proxy_headers=False,
         server_header=False,
         lifespan="off",
+        ssl_certfile=str(tls_cert) if tls else None,
+        ssl_keyfile=str(tls_key) if tls else None,
     )
+
+
+def _check_tls(cert: Path, key: Path) -> ssl.SSLContext:
+    """Load the pair now, so a wrong path or a key that does not match is one line, not a
+    traceback from inside the server's start."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(cert, key)
+    except FileNotFoundError as exc:
+        raise UsageError(f"{exc.filename}: no such file (--tls-cert/--tls-key)") from None
+    except (ssl.SSLError, OSError) as exc:
+        raise UsageError(f"{cert}, {key}: not a usable PEM certificate and key ({exc})") from None
+    return ctx
 
 
 @review_app.command("invite")

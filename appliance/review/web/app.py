@@ -65,8 +65,11 @@ def networks(extra: list[str] | tuple[str, ...] = ()) -> list[ipaddress.IPv4Netw
 class Guard:
     """Refuse clients outside `allowed` (403, logged), and add the security headers."""
 
-    def __init__(self, app: ASGIApp, allowed: list, on_refused: Callable[[str, str], None]) -> None:
+    def __init__(
+        self, app: ASGIApp, allowed: list, on_refused: Callable[[str, str], None], extra: list | None = None
+    ) -> None:
         self.app, self.allowed, self.on_refused = app, allowed, on_refused
+        self.headers = [*HEADERS, *(extra or [])]
 
     def _ok(self, host: str | None) -> bool:
         try:
@@ -85,7 +88,7 @@ class Guard:
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], *HEADERS]
+                message["headers"] = [*message["headers"], *self.headers]
             await send(message)
 
         host = (scope.get("client") or (None, None))[0]
@@ -104,8 +107,12 @@ def create_app(
     *,
     allow: list[str] | tuple[str, ...] = (),
     registry_view: Callable[[sqlite3.Connection], list[dict[str, Any]]] | None = None,
+    tls: bool = False,
 ) -> ASGIApp:
-    """The ASGI app for `enclave review serve` (and the tests, served by a real uvicorn)."""
+    """The ASGI app for `enclave review serve` (and the tests, served by a real uvicorn).
+
+    `tls`: served over HTTPS, so the session cookie is also `Secure` (over plain HTTP a
+    browser would drop it) and browsers are told to keep to HTTPS (HSTS)."""
     env = Environment(
         loader=PackageLoader("appliance.review.web", "templates"), autoescape=select_autoescape()
     )
@@ -125,9 +132,8 @@ def create_app(
         return rs.session(conn, request.cookies.get(COOKIE))
 
     def with_cookie(resp: Response, sid: str) -> Response:
-        resp.set_cookie(
-            COOKIE, sid, httponly=True, samesite="strict", path="/", max_age=int(rcfg.session_hours * 3600)
-        )
+        age = int(rcfg.session_hours * 3600)
+        resp.set_cookie(COOKIE, sid, httponly=True, samesite="strict", path="/", max_age=age, secure=tls)
         return resp
 
     async def checked_form(conn: sqlite3.Connection, request: Request, sess: dict[str, Any] | None):
@@ -356,7 +362,8 @@ def create_app(
             Mount("/static", StaticFiles(directory=str(static)), name="static"),
         ]
     )
-    return Guard(app, networks(allow), on_refused)
+    extra = [(b"strict-transport-security", b"max-age=31536000")] if tls else []
+    return Guard(app, networks(allow), on_refused, extra)
 
 
 def registry_data(conn: sqlite3.Connection, cadence_days: int | None = None) -> list[dict[str, Any]]:
