@@ -16,6 +16,7 @@ library's Arrow cache goes to a temporary directory removed afterwards.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -33,9 +34,9 @@ DEFAULT = "default"
 """`lm:default` stands for the tasks of eval.harness_default."""
 
 _DATASET_PATH = re.compile(
-    r"""^(?P<key>\s*dataset_path:\s*)(?P<q>['"]?)(?P<val>[^'"\s#]+)(?P=q)(?P<rest>\s*(#.*)?)$"""
+    r"""^(?P<key>\s*(?P<kq>['"]?)dataset_path(?P=kq):\s*)(?P<q>['"]?)(?P<val>[^'"\s#]+)(?P=q)(?P<rest>\s*(#.*)?)$"""
 )
-_INCLUDE = re.compile(r"""^include:\s*['"]?(?P<val>[^'"\s#]+)""")
+_INCLUDE = re.compile(r"""^(?P<kq>['"]?)include(?P=kq):\s*['"]?(?P<val>[^'"\s#]+)""")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _YAML_SUFFIXES = (".yaml", ".yml", "_yaml")  # lm_eval's templates are `_default_template_yaml`
 
@@ -46,7 +47,8 @@ class TaskSource:
 
     task: str
     dir: Path
-    """Its directory (mirrored whole, so includes and `!function` modules resolve)."""
+    """Mirrored whole, so includes and `!function` modules resolve: the harness directory, or
+    the stock task's family under lm_eval/tasks/ (`mmlu/`, whose variants include `../`)."""
     needs: list[str] = field(default_factory=list)
 
 
@@ -67,17 +69,44 @@ def _hub_paths(text: str) -> list[str]:
     return out
 
 
-def _stock_yaml(task: str) -> Path | None:
-    """lm_eval's own YAML declaring `task: TASK` or `group: TASK` (a text scan: building
-    lm_eval's full task index reads every YAML it ships and takes seconds)."""
-    try:
-        import lm_eval.tasks
-    except ImportError:
+def _stock_root() -> Path | None:
+    """lm_eval/tasks/, found without importing lm_eval (which loads torch and datasets)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("lm_eval")
+    if spec is None or not spec.submodule_search_locations:
         return None
-    root = Path(lm_eval.tasks.__file__).parent
-    decl = re.compile(rf"^(task|group):\s*['\"]?{re.escape(task)}['\"]?\s*$", re.M)
-    hits = sorted(p for p in root.rglob("*.yaml") if decl.search(p.read_text(errors="replace")))
-    return min(hits, key=lambda p: len(p.parts)) if hits else None
+    root = Path(next(iter(spec.submodule_search_locations))) / "tasks"
+    return root if root.is_dir() else None
+
+
+@functools.cache
+def _stock_index(family: str | None = None) -> dict[str, Path]:
+    """lm_eval's own tasks and groups by name -> the YAML declaring it (`task: NAME` or
+    `group: NAME`), by a text scan of one family directory (`arc/` for arc_easy) or of all of
+    lm_eval/tasks/: lm_eval's TaskManager parses every YAML it ships (thousands) and takes
+    several times as long. Where two declare a name, the one nearest the top wins."""
+    root = _stock_root()
+    if root is None:
+        return {}
+    if family is not None:
+        root = root / family
+    decl = re.compile(r"""^(?P<kq>['"]?)(?:task|group)(?P=kq):\s*['"]?([A-Za-z0-9_.-]+)['"]?\s*$""", re.M)
+    index: dict[str, Path] = {}
+    for path in sorted(root.rglob("*.yaml"), key=lambda p: (len(p.parts), str(p))):
+        for m in decl.finditer(path.read_text(errors="replace")):
+            index.setdefault(m[2], path)
+    return index
+
+
+def _stock_yaml(task: str) -> Path | None:
+    """The family named like the task first (mmlu, gsm8k, hellaswag; arc for arc_easy), then
+    every family."""
+    root = _stock_root()
+    for family in dict.fromkeys((task, task.split("_")[0])):
+        if root is not None and (root / family).is_dir() and task in _stock_index(family):
+            return _stock_index(family)[task]
+    return _stock_index().get(task)
 
 
 def find_task(tasks_dir: Path, task: str) -> TaskSource:
@@ -88,15 +117,17 @@ def find_task(tasks_dir: Path, task: str) -> TaskSource:
     if own.is_file():
         yaml_path, root = own, tasks_dir
     elif (stock := _stock_yaml(task)) is not None:
-        yaml_path, root = stock, stock.parent
+        tasks_root = _stock_root()
+        assert tasks_root is not None
+        yaml_path, root = stock, tasks_root / stock.relative_to(tasks_root).parts[0]
     else:
         raise EvalError(
             f"suite {PREFIX}{task}: no {task}.yaml in the harness directory {tasks_dir}, "
             "and lm_eval ships no task of that name"
         )
     text = yaml_path.read_text(errors="replace")
-    if re.search(r"^group:", text, re.M):
-        sources = [p for p in _files(root) if _is_yaml(p)]
+    if re.search(r"""^['"]?group['"]?:""", text, re.M):  # its subtasks: the YAMLs beside and below it
+        sources = [p for p in _files(yaml_path.parent) if _is_yaml(p)]
     else:
         sources, todo = [], [yaml_path]
         while todo:  # the include chain (relative to each YAML)
@@ -104,7 +135,7 @@ def find_task(tasks_dir: Path, task: str) -> TaskSource:
             if p in sources or not p.is_file():
                 continue
             sources.append(p)
-            todo += [p.parent / m["val"] for ln in p.read_text(errors="replace").splitlines()
+            todo += [(p.parent / m["val"]).resolve() for ln in p.read_text(errors="replace").splitlines()
                      if (m := _INCLUDE.match(ln))]  # fmt: skip
     needs = sorted({n for p in sources for n in _hub_paths(p.read_text(errors="replace"))})
     return TaskSource(task, root, needs)
