@@ -274,3 +274,16 @@ def test_stock_tasks_name_their_datasets_and_the_mirror_maps_them(tmp_path):
     assert (out / "rows.jsonl").is_symlink() and (out / "arc_easy.yaml").read_text() == (
         own / "arc_easy.yaml"
     ).read_text()
+
+
+def test_a_bundle_without_datasets_keeps_the_bytes_older_verifiers_read(built):
+    """`datasets` is written only when there are some: an older verifier (extra keys refused)
+    still reads every bundle that pins none."""
+    from appliance.bundle.format import BundleManifest
+
+    with_ds = BundleManifest.model_validate_json((built / "bundle.json").read_bytes())
+    assert with_ds.datasets and b'"datasets":' in with_ds.canonical_bytes()
+    without = with_ds.model_copy(
+        update={"datasets": [], "files": [f for f in with_ds.files if f.kind != "dataset"]}
+    )
+    assert b'"datasets"' not in without.canonical_bytes()
