@@ -301,6 +301,11 @@ def test_close_stores_the_result_and_the_gate_refuses_a_lost_version(prefix, ser
     assert "bot@0.2.0: lost review round 1 against bot@0.1.0 (win rate 0.08" in refused.stderr
     shown = json.loads(_ok(run_enclave("adapters", "show", "bot@0.2.0", "--json", env=env)).stdout)
     assert shown["reviews"][0]["result"]["outcome"] == "lost"
+    from appliance.eval.report import _reviews  # the section `enclave eval --html` adds
+
+    assert "round 1 against bot@0.1.0: lost: win rate 0.083 (95% CI 0.009..0.483)" in _reviews(
+        shown["reviews"]
+    )
     over = run_enclave(
         "adapters", "promote", "bot@0.2.0", "--override", "--reason", "board decision", env=env
     )

@@ -87,7 +87,9 @@ def eval_cmd(
     store.save(conn, result)
     if html is not None:
         history = [h for h in reg.history(conn, rec.name) if h["version"] == rec.version]
-        html_report.write_html(html, result, history)
+        from appliance.cli.adapters import _reviews
+
+        html_report.write_html(html, result, history, _reviews(conn, rec))
         err.print(f"wrote {html}", markup=False)
     if as_json:
         emit_json(result)

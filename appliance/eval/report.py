@@ -125,7 +125,31 @@ def _examples(s: dict[str, Any]) -> str:
     return f"<p>Examples, side by side:</p><table class=ex><tr>{head}</tr>{rows}</table>"
 
 
-def render(report: dict[str, Any], history: list[dict[str, Any]] | None = None) -> str:
+def _reviews(reviews: list[dict[str, Any]] | None) -> str:
+    """Operators' blind A/B review rounds of this version (appliance.review), when there are any."""
+    if not reviews:
+        return ""
+    rows = []
+    for r in reviews:
+        res = r.get("result")
+        if res and res.get("win_rate") is not None:
+            ci = res["ci"]
+            fig = (
+                f"{res['outcome']}: win rate {res['win_rate']:.3f} ({ci['confidence']:.0%} CI "
+                f"{ci['low']:.3f}..{ci['high']:.3f}), {res['wins']}/{res['ties']}/{res['losses']} "
+                f"wins/ties/losses over {res['ratings']} ratings"
+            )
+        else:
+            fig = r["status"] if not res else f"{res['outcome']} (no ratings)"
+        rows.append(f"<li>round {_e(r['id'])} against {_e(r['against'])}: {_e(fig)}</li>")
+    return "<h2>Blind A/B review by operators</h2><ul>" + "".join(rows) + "</ul>"
+
+
+def render(
+    report: dict[str, Any],
+    history: list[dict[str, Any]] | None = None,
+    reviews: list[dict[str, Any]] | None = None,
+) -> str:
     png = scores_png(report)
     img = plots.img_tag(png, "scores per suite") if png else ""
     v = report["verdict"]
@@ -185,11 +209,17 @@ table.ex td{{border-top:1px solid #ccc}}</style></head>
 <table>{meta_rows}</table>
 {img}
 {"".join(sections)}
+{_reviews(reviews)}
 {over}
 </body></html>
 """
 
 
-def write_html(path: Path, report: dict[str, Any], history: list[dict[str, Any]] | None = None) -> Path:
-    atomic_write_text(path, render(report, history), 0o600)
+def write_html(
+    path: Path,
+    report: dict[str, Any],
+    history: list[dict[str, Any]] | None = None,
+    reviews: list[dict[str, Any]] | None = None,
+) -> Path:
+    atomic_write_text(path, render(report, history, reviews), 0o600)
     return path
