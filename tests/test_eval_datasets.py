@@ -287,3 +287,64 @@ def test_a_bundle_without_datasets_keeps_the_bytes_older_verifiers_read(built):
         update={"datasets": [], "files": [f for f in with_ds.files if f.kind != "dataset"]}
     )
     assert b'"datasets"' not in without.canonical_bytes()
+
+
+def _write_parquet(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(_parquet(rows))
+
+
+def test_the_other_default_tasks_run_unchanged_from_local_snapshots(tiny_model_dir, tmp_path):
+    """mmlu (a group of 57 subtasks, one config per subject in the README), gsm8k (a metric per
+    filter: one filter's documents are the samples) and hellaswag from the hub's parquet export
+    layout (`default/SPLIT/0000.parquet`, no README, its `!function utils.process_docs` linked
+    into the mirror), each shaped like the real repo, run by lm_eval from the directory."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from appliance.eval.harness import _stock_root, run_task
+
+    mmlu = tmp_path / "mmlu"
+    subjects = sorted(
+        p.name.removeprefix("mmlu_").removesuffix(".yaml")
+        for p in (_stock_root() / "mmlu/default").glob("mmlu_*")
+    )
+    readme = ["---", "configs:"]
+    for s in subjects:
+        readme += [f"- config_name: {s}", "  data_files:"]
+        for split in ("test", "validation", "dev"):
+            readme += [f"  - split: {split}", f"    path: {s}/{split}-*"]
+            rows = [
+                {"question": f"{s} {i}?", "subject": s, "choices": list("abcd"), "answer": i}
+                for i in range(2)
+            ]
+            _write_parquet(mmlu / s / f"{split}-00000-of-00001.parquet", rows)
+    (mmlu / "README.md").write_text("\n".join([*readme, "---"]) + "\n")
+    gsm = tmp_path / "gsm8k"
+    gsm.mkdir()
+    (gsm / "README.md").write_text(
+        "---\nconfigs:\n- config_name: main\n  data_files:\n  - split: train\n    path: main/train-*\n"
+        "  - split: test\n    path: main/test-*\n---\n"
+    )
+    for split in ("train", "test"):  # five-shot: the train split needs five rows
+        _write_parquet(
+            gsm / "main" / f"{split}-00000-of-00001.parquet", [{"question": "2+2?", "answer": "#### 4"}] * 6
+        )
+    hs = tmp_path / "hellaswag"
+    for split in ("train", "validation"):
+        row = {"ind": 0, "activity_label": "Cooking", "ctx_a": "A man cracks an egg.", "ctx_b": "he",
+               "ctx": "A man cracks an egg. he", "endings": ["fries it.", "sings.", "flies.", "naps."],
+               "source_id": "x", "split": split, "split_type": "indomain", "label": "0"}  # fmt: skip
+        _write_parquet(hs / "default" / split / "0000.parquet", [row, row])
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    empty = tmp_path / "no-own-tasks"
+    empty.mkdir()
+    for task, repo, path, headline, n in (
+        ("mmlu", "cais/mmlu", mmlu, "acc", len(subjects)),
+        ("gsm8k", "openai/gsm8k", gsm, "exact_match", 1),
+        ("hellaswag", "Rowan/hellaswag", hs, "acc", 1),
+    ):
+        got = run_task(model, tok, empty, task, limit=1, batch_size=4, datasets={repo: str(path)})
+        assert got["headline"] == headline and len(got["samples"]) == n, (task, got)
+        assert 0.0 <= got["metrics"][headline] <= 1.0

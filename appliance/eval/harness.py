@@ -227,14 +227,20 @@ def run_task(
             )
         except Exception as exc:  # lm_eval raises plain exceptions for bad task files
             raise EvalError(f"suite {PREFIX}{task}: lm_eval failed ({type(exc).__name__}: {exc})") from None
-    metrics: dict[str, Any] = {
-        k.split(",")[0]: float(v)
-        for k, v in res["results"][task].items()
-        if isinstance(v, int | float) and "stderr" not in k
-    }
+    # A metric is reported per filter ("exact_match,strict-match" and ",flexible-extract" for
+    # gsm8k): each keeps its first filter, and only that filter's documents are its samples.
+    metrics: dict[str, Any] = {}
+    filters: dict[str, str | None] = {}
+    for k, v in res["results"][task].items():
+        if isinstance(v, int | float) and "stderr" not in k:
+            name, _, filt = k.partition(",")
+            if name not in metrics:
+                metrics[name], filters[name] = float(v), filt or None
     headline = "acc" if "acc" in metrics else next(iter(metrics), None)
     logged = res.get("samples", {})
     # A group (mmlu) logs its documents under each subtask: the group's are all of them.
     docs = logged[task] if task in logged else [d for sub in logged.values() for d in sub]
+    if headline and filters.get(headline):
+        docs = [d for d in docs if d.get("filter", filters[headline]) == filters[headline]]
     samples = [float(s.get(headline, 0.0)) for s in docs] if headline else []
     return {"metrics": metrics, "headline": headline, "samples": samples}
