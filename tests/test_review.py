@@ -192,7 +192,8 @@ def test_another_operators_ratings_and_items_are_refused(prefix, server):
     assert page.status_code == 200 and "1 of 3" in page.text
     assert ivan.post("/round/1/rate", data=_form(page.text, "tie")).status_code == 303
     assert "2 of 3" in ivan.get("/round/1").text
-    assert ivan.get("/round/1/ratings/ivan").status_code == 200
+    own = ivan.get("/round/1/ratings/ivan")
+    assert own.status_code == 200 and "New version was" not in own.text  # not while it is open
     judy, _ = _sign_in(server, _token(env, "judy"))
     assert judy.get("/round/1/ratings/ivan").status_code == 403
     # Both slots are taken (hana, ivan): judy has none, and may not rate ivan's item.
@@ -296,6 +297,12 @@ def test_close_stores_the_result_and_the_gate_refuses_a_lost_version(prefix, ser
     assert r["means"]["accuracy"] == {"new": 4, "old": 4}
     again = run_enclave("review", "close", "1", env=env)
     assert again.returncode == ReviewError.exit_code and "already closed" in again.stderr
+    # Closed: an operator's own ratings now say which side was the new version; rating is over.
+    hana, _ = _sign_in(server, _token(env, "hana"))
+    mine = hana.get("/round/1/ratings/hana").text
+    # hana preferred production on each of her 3 items: preference and new side differ on every row.
+    assert "New version was" in mine and mine.count("<td>A</td>") == mine.count("<td>B</td>") == 3
+    assert "This round is closed" in hana.get("/round/1").text
     refused = run_enclave("adapters", "promote", "bot@0.2.0", env=env)
     assert refused.returncode == 83
     assert "bot@0.2.0: lost review round 1 against bot@0.1.0 (win rate 0.08" in refused.stderr

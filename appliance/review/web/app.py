@@ -317,9 +317,23 @@ def create_app(
             if whose != op:
                 return refused(conn, op, request, f"round {rid}: the ratings of {whose} are theirs alone")
             rows = rs.ratings_of(conn, rid, op)
+            try:
+                closed = rs.get_round(conn, rid)["status"] == "closed"
+            except EnclaveError:
+                return refused(conn, op, request, f"no review round {rid}", 404)
+            # Which side was the new version: told only once the round is closed.
+            sides = rs.new_sides(conn, rid) if closed else {}
+            for r in rows:
+                r["new_side"] = ("A" if sides[r["idx"]] else "B") if closed else None
             rs.log(conn, op, "view-own-ratings", rid)
             return render(
-                "ratings.html", operator=op, csrf=sess["csrf"], rid=rid, rows=rows, criteria=CRITERIA
+                "ratings.html",
+                operator=op,
+                csrf=sess["csrf"],
+                rid=rid,
+                rows=rows,
+                criteria=CRITERIA,
+                closed=closed,
             )
         finally:
             conn.close()
