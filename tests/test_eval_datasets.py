@@ -139,6 +139,8 @@ def test_the_sbom_lists_datasets_as_data_components(built, hub):
 def test_verify_accepts_it_and_a_tampered_dataset_file_fails(built, officer_keys, tmp_path):
     ok = run_enclave("verify", str(built), "--trust", str(officer_keys["bob.pub"]))
     assert ok.returncode == 0, ok.stderr
+    shown = run_enclave("bundle", "inspect", str(built))
+    assert f"dataset {ARC} @ " in shown.stdout and "dataset local/house-qa @ " in shown.stdout, shown.stdout
     bad = tmp_path / "bundle"
     shutil.copytree(built, bad)
     target = next((bad / "datasets").rglob("test-*.parquet"))
