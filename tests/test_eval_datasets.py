@@ -189,11 +189,12 @@ def test_install_stores_it_and_stock_arc_easy_runs_offline_from_it(
     from devtools.install_bundle import build_bundle
 
     layout, ds = enclave
+    wheels = [w for w in install_parts["wheels"] if w.name.split("-")[0].lower() in SMALL_WHEELS]
     bundle = build_bundle(
         tmp_path / "bundle",
         install_parts["key"],
         name="evaldata",
-        wheels=[w for w in install_parts["wheels"] if w.name.split("-")[0].lower() in SMALL_WHEELS],
+        wheels=wheels,
         datasets={ARC: (hub.revision, built / "datasets" / "allenai--ai2_arc" / hub.revision)},
     )
     proc = run_offline(
@@ -208,6 +209,10 @@ def test_install_stores_it_and_stock_arc_easy_runs_offline_from_it(
     assert link.is_symlink() and link.resolve() == snap.resolve()
     audit = run_enclave("audit", "--json", "--prefix", str(layout.prefix))
     assert not [f for f in json.loads(audit.stdout)["findings"] if "datasets" in f["path"]], audit.stdout
+    status = _json(run_enclave("status", "--json", "--prefix", str(layout.prefix)))
+    assert [(d["dataset"], d["revision"], d["releases"]) for d in status["datasets"]] == [
+        (ARC, hub.revision, ["evaldata-1.0.0"])
+    ]
 
     seal(layout, loras["mild"], ds)
     cfg = {**EVAL_CFG, "harness_default": ["arc_easy", "hellaswag"]}
@@ -224,6 +229,17 @@ def test_install_stores_it_and_stock_arc_easy_runs_offline_from_it(
     # HellaSwag's data is not pinned: skipped, naming the dataset, nothing fetched.
     assert "Rowan/hellaswag" in report["suites"]["lm:hellaswag"]["skipped"]
     assert list(tmp.iterdir()) == []  # the task mirror and the datasets cache went with the run
+
+    # The next release pins no dataset: uninstalling the old one collects its snapshot.
+    v2 = build_bundle(tmp_path / "v2", install_parts["key"], name="evaldata", version="1.1.0", wheels=wheels)
+    proc = run_offline(
+        "install", str(v2), "--trust", str(install_parts["pub"]), "--prefix", str(layout.prefix)
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert snap.is_dir(), "kept while a release pins it"
+    proc = run_enclave("uninstall", "evaldata-1.0.0", "--prefix", str(layout.prefix))
+    assert proc.returncode == 0, proc.stderr
+    assert f"dataset {ARC}@{hub.revision}" in proc.stdout and not snap.exists()
 
 
 def test_a_delta_takes_an_unchanged_dataset_from_its_base(built, hub, officer_keys, tmp_path):

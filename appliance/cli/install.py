@@ -123,7 +123,7 @@ def install_cmd(
 
 @app.command("status")
 def status_cmd(prefix: PrefixOpt, as_json: JsonOpt = False) -> None:
-    """Releases, which one is current, the model store, and the last installs."""
+    """Releases, which one is current, the model and dataset store, and the last installs."""
     from appliance.data.pii.names import release_pipelines
     from appliance.install.diskspace import human
     from appliance.install.manage import status
@@ -151,6 +151,12 @@ def status_cmd(prefix: PrefixOpt, as_json: JsonOpt = False) -> None:
         out.print(
             f"   model {m['model']}@{m['revision'][:12]}  {human(m['bytes'])}  used by "
             f"{', '.join(m['releases']) or 'nothing'}",
+            soft_wrap=True,
+        )
+    for d in st["datasets"]:
+        out.print(
+            f"   dataset {d['dataset']}@{d['revision'][:12]}  {human(d['bytes'])}  used by "
+            f"{', '.join(d['releases']) or 'nothing'}",
             soft_wrap=True,
         )
     if st["current"]:

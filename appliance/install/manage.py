@@ -30,7 +30,10 @@ def status(layout: Layout) -> dict[str, Any]:
     history = ledger.events(layout, limit=10) if layout.registry.exists() else []
     known = ledger.installed(layout) if layout.registry.exists() else {}
     releases = []
+    pinned_datasets: dict[str, list[str]] = {}
     for r in list_releases(layout):
+        for d in r.manifest.datasets:
+            pinned_datasets.setdefault(f"{d.repo_id}@{d.revision}", []).append(r.release_name)
         receipt = r.receipt()
         releases.append(
             {
@@ -67,11 +70,28 @@ def status(layout: Layout) -> dict[str, Any]:
                         "path": str(rev),
                     }
                 )
+    datasets = []  # evaluation data (manifest `datasets:`), from the releases' signed bundle.json
+    ds_root = store.dataset_snapshots_dir(layout)
+    for org in sorted(ds_root.iterdir()) if ds_root.is_dir() else []:
+        for rev in sorted(org.iterdir()) if org.is_dir() else ():
+            if rev.name.startswith(store.TMP_PREFIX):
+                continue
+            repo_id = org.name.replace("--", "/", 1)
+            datasets.append(
+                {
+                    "dataset": repo_id,
+                    "revision": rev.name,
+                    "bytes": sum(p.stat().st_size for p in rev.rglob("*") if p.is_file()),
+                    "releases": pinned_datasets.get(f"{repo_id}@{rev.name}", []),
+                    "path": str(rev),
+                }
+            )
     return {
         "prefix": str(layout.prefix),
         "current": cur,
         "releases": releases,
         "models": models,
+        "datasets": datasets,
         "history": history,
     }
 
