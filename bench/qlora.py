@@ -58,6 +58,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from appliance.prompts import ALPACA_INPUT, ALPACA_NO_INPUT  # noqa: E402
+
 SEQ = 2048
 REV = "8b" * 20
 GIB = 1 << 30
@@ -82,16 +84,6 @@ OFFLINE = {
     "WANDB_MODE": "disabled",
     "PYTHONUNBUFFERED": "1",
 }
-# axolotl's alpaca prompt (axolotl.prompters.AlpacaPrompter), for the plain loop and the stats.
-ALPACA_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides further "
-    "context. Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-)
-ALPACA_NO_INPUT = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes "
-    "the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
-)
 
 
 # --- data ------------------------------------------------------------------------------------

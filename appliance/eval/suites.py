@@ -29,6 +29,7 @@ from appliance.errors import EnclaveError
 from appliance.eval.errors import EvalError, HeldOutContaminated, SuiteError
 from appliance.eval.metrics import validate_checks
 from appliance.paths import Layout
+from appliance.prompts import ALPACA_INPUT, ALPACA_NO_INPUT
 
 FORMAT = 1
 """Bumped when what a suite measures changes, so older reports stop counting for the gate."""
@@ -36,18 +37,6 @@ HELDOUT, REDTEAM, LEAKAGE = "heldout", "redteam", "leakage"
 BUILTIN = (HELDOUT, REDTEAM, LEAKAGE)
 SUITE_PREFIX = "suite:"
 LM_PREFIX = "lm:"
-
-# axolotl's `type: alpaca` prompt (axolotl.prompters.AlpacaPrompter, instruct style): the
-# held-out rows are asked the way the training rows were taught.
-ALPACA = (
-    "Below is an instruction that describes a task, paired with an input that provides further "
-    "context. Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-)
-ALPACA_NO_INPUT = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes "
-    "the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
-)
 
 
 @dataclass
@@ -115,7 +104,7 @@ def pair(row: dict[str, Any], schema: str, tokenizer: Any = None) -> tuple[str, 
     """(prompt as trained, prompt as shown, reference) of a dataset row, or None (nothing to ask)."""
     if schema == "alpaca":
         inp = row.get("input") or ""
-        fmt = ALPACA if inp else ALPACA_NO_INPUT
+        fmt = ALPACA_INPUT if inp else ALPACA_NO_INPUT
         shown = row["instruction"] + (f"\n{inp}" if inp else "")
         return fmt.format(instruction=row["instruction"], input=inp), shown, row["output"]
     if schema == "chat":

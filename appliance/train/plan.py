@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import EnclaveError, UsageError
+from appliance.prompts import ALPACA_INPUT, ALPACA_NO_INPUT
 from appliance.train.errors import PlanError
 
 GiB = 1 << 30
@@ -355,15 +356,6 @@ SAMPLE_ROWS = 2000
 CHARS_PER_TOKEN = 4.0
 ASSUMED_TRAINED_FRACTION = 0.4
 """When no dataset is at hand: the bench's alpaca/dolly-shaped data trains on 39.9% of its tokens."""
-ALPACA_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides further "
-    "context. Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-)
-ALPACA_NO_INPUT = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes "
-    "the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
-)
 CHAT_TURN_TOKENS = 5
 """Template tokens around one chat turn (Llama 3: header start, role, header end, blank, eot)."""
 
