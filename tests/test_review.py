@@ -190,6 +190,13 @@ def test_another_operators_ratings_and_items_are_refused(prefix, server):
     ivan, _ = _sign_in(server, _token(env, "ivan"))
     page = ivan.get("/round/1")
     assert page.status_code == 200 and "1 of 3" in page.text
+    partial = _form(page.text, "tie")
+    del partial["tone_b"]
+    back = ivan.post("/round/1/rate", data=partial)
+    assert back.status_code == 303 and back.headers["location"] == "/round/1?m=scores"
+    assert "Rate accuracy, helpfulness and tone" in ivan.get("/round/1?m=scores").text
+    assert "pwned" not in ivan.get("/round/1?m=pwned").text  # fixed notices only
+    assert rs.rated(rs.connect(layout), 1, "ivan") == set()
     assert ivan.post("/round/1/rate", data=_form(page.text, "tie")).status_code == 303
     assert "2 of 3" in ivan.get("/round/1").text
     own = ivan.get("/round/1/ratings/ivan")

@@ -22,9 +22,12 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "review"
 A11Y_RULES = {"label", "color-contrast", "button-name", "html-has-lang", "document-title", "link-name"}
 
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="no chromium (devtools/system-deps.sh installs Debian's package as root)"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="no chromium (devtools/system-deps.sh installs Debian's package as root)"
+    ),
+    pytest.mark.timeout(600),  # a browser that stops answering fails the test instead of hanging the run
+]
 
 
 def _ok(proc):
@@ -87,8 +90,10 @@ def _context(browser, url: str, *, javascript: bool):
     return ctx, requests
 
 
-def _sign_in(page, url: str, token: str) -> None:
+def _sign_in(page, url: str, token: str, *, a11y: bool = False) -> None:
     page.goto(url + "/")
+    if a11y:  # axe runs as a script: only where JavaScript is on
+        assert _axe(page) == []
     page.get_by_label("Sign-in token").fill(token)
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url(url + "/")
@@ -132,7 +137,7 @@ def test_operators_rate_a_round_in_the_browser_and_the_gate_uses_it(site, browse
     token = json.loads(_ok(run_enclave("review", "invite", "olga", "--json", env=env)).stdout)["token"]
     ctx, seen = _context(browser, url, javascript=True)
     page = ctx.new_page()
-    _sign_in(page, url, token)
+    _sign_in(page, url, token, a11y=True)
     page.get_by_role("link", name=f"Round {rnd['id']}: bot").click()
     assert page.locator("#progress").inner_text() == "1 of 3"
     assert "0.2.0" not in page.content() and "0.1.0" not in page.content()  # sides are not named

@@ -54,6 +54,11 @@ HEADERS = [
 LOOPBACK = ("127.0.0.1/32", "::1/128")
 CSRF_MSG = "The form's CSRF token is missing or wrong; reload the page."
 BAD_TOKEN = "That token is not valid: unknown, already used, expired or revoked."
+# What a redirect back to the form may say: fixed texts by key, so a link cannot put words on the page.
+NOTICES = {
+    "scores": "Rate accuracy, helpfulness and tone of both answers (1 to 5).",
+    "preference": "Choose which answer is better: A, tie or B.",
+}
 PREF_LABELS = {"A": "Answer A", "tie": "Tie", "B": "Answer B"}
 
 
@@ -255,7 +260,7 @@ def create_app(
                 answers=[("a", "A", a), ("b", "B", b)],
                 criteria=CRITERIA,
                 prefs=PREF_LABELS,
-                message=request.query_params.get("m"),
+                message=NOTICES.get(request.query_params.get("m", "")),
             )
         finally:
             conn.close()
@@ -290,13 +295,11 @@ def create_app(
                 for c in CRITERIA:
                     v = str(form.get(f"{c}_{side}") or "")
                     if v not in {"1", "2", "3", "4", "5"}:
-                        return RedirectResponse(
-                            f"/round/{rid}?m=Rate+{c}+of+answer+{side.upper()}+(1-5).", 303
-                        )
+                        return RedirectResponse(f"/round/{rid}?m=scores", 303)
                     scores[side][c] = int(v)
             pref = str(form.get("preference") or "")
             if pref not in rs.PREFERENCES:
-                return RedirectResponse(f"/round/{rid}?m=Choose+A,+tie+or+B.", 303)
+                return RedirectResponse(f"/round/{rid}?m=preference", 303)
             comment = str(form.get("comment") or "").strip()[:2000]
             rs.save_rating(layout, conn, rid, op, idx, scores, pref, comment)
             return RedirectResponse(f"/round/{rid}", 303)
