@@ -9,6 +9,7 @@ README), refreshed by every run."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from review_support import make_prefix, serve, stop
 from appliance.review import store as rs
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "review"
+# Every run writes fresh screenshots to tests/artifacts/ (ignored by git); the README shows
+# copies under docs/review/, refreshed with ENCLAVE_SCREENSHOTS=docs/review.
+DOCS = Path(os.environ.get("ENCLAVE_SCREENSHOTS") or Path(__file__).resolve().parent / "artifacts")
 A11Y_RULES = {"label", "color-contrast", "button-name", "html-has-lang", "document-title", "link-name"}
 
 pytestmark = [
