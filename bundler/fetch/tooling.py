@@ -31,9 +31,13 @@ def source_args(indexes: list[str], find_links: list[str]) -> list[str]:
 def error_line(text: str) -> str:
     """The line of pip's or uv's output that says what went wrong."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for ln in lines:
+    for i, ln in enumerate(lines):
         if ln.startswith(("ERROR:", "error:", "×", "╰─▶")):
-            return ln.lstrip("×╰─▶ ").strip()
+            ln = ln.lstrip("×╰─▶ ").strip()
+            # uv: "No solution found when resolving dependencies:" then the reason on the next line.
+            if ln.endswith(":") and i + 1 < len(lines):
+                ln = f"{ln} {lines[i + 1].lstrip('×╰─▶ ').strip()}"
+            return ln
     return lines[-1] if lines else "(no output)"
 
 
