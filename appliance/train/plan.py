@@ -268,7 +268,8 @@ class Knobs:
     micro_batch: int
     grad_accum: int
     checkpointing: bool
-    offloading: bool
+    offloading: str | None
+    """None, "all" (every saved activation: `true`, `legacy`, `disk`) or "hidden_states"."""
     optimizer: str
     compile: bool
     act_bytes: int
@@ -312,7 +313,7 @@ class Knobs:
             grad_accum=int(c.get("gradient_accumulation_steps") or 1),
             checkpointing=_on(c.get("gradient_checkpointing"))
             or _on(fsdp_conf.get("activation_checkpointing")),
-            offloading=_on(c.get("activation_offloading")),
+            offloading=_offload_mode(c.get("activation_offloading")),
             optimizer=str(c.get("optimizer") or "adamw_torch"),
             compile=_on(c.get("torch_compile")),
             # prepare_model_for_kbit_training's fp32 embeddings carry an fp32 residual stream.
@@ -340,7 +341,8 @@ class Knobs:
         )
         extras = [
             x for x, on in (("LoRA kernels", self.lora_kernels), ("fused CE", self.fused_ce),
-                            ("checkpointing", self.checkpointing), ("offloading", self.offloading),
+                            ("checkpointing", self.checkpointing),
+                            (f"{self.offloading} offloading", self.offloading),
                             ("packing", self.packing), ("compile", self.compile)) if on
         ]  # fmt: skip
         return (
@@ -531,9 +533,19 @@ LOGIT_BYTES_FP32 = 12
 LOGIT_BYTES_COMPILED = 4
 """Under torch.compile the upcast and log-softmax fuse into the loss kernel: bf16 logits and
 their bf16 gradient (the previous default: 9.4 GiB measured, 9.2 modelled; 12.0 without this)."""
+HS_IN_FLIGHT = 6
+"""`activation_offloading: hidden_states` streams each checkpointed layer input to pinned host
+memory and back; the copies in flight keep a few layers' inputs on the GPU (fitted to the
+three hidden-state runs of the 11:40 lease: 7.02, 7.47 and 6.25 GiB at 8192 and 4096 tokens)."""
 OFFLOAD_SAVED = 0.25
 """Share of the checkpointed hidden states activation offloading moved off the GPU in the one
 measurement (qlora-8b.yml 7.58 -> 7.33 GiB: axolotl kept checkpointing's own copies)."""
+
+
+def _offload_mode(value: Any) -> str | None:
+    if value == "hidden_states":
+        return "hidden_states"
+    return "all" if _on(value) else None
 
 
 @dataclass(frozen=True)
@@ -594,8 +606,11 @@ def memory(shape: Shape, k: Knobs, data: DataStats | None, cal: Calibration, sha
     lora = lp * (4 + 4 + k.optimizer_bytes)
     layer = layer_activation_bytes(shape, k)
     if k.checkpointing:
-        keep = 1 - OFFLOAD_SAVED if k.offloading else 1.0
-        acts = t * (shape.hidden * k.act_bytes * shape.layers * keep + layer)
+        if k.offloading == "hidden_states":
+            kept = min(HS_IN_FLIGHT, shape.layers)
+        else:
+            kept = shape.layers * (1 - OFFLOAD_SAVED if k.offloading else 1.0)
+        acts = t * (shape.hidden * k.act_bytes * kept + layer)
     else:
         acts = t * layer * shape.layers
     if k.fused_ce:
