@@ -77,7 +77,13 @@ class EvalConfig(BaseModel):
     memorization_min_tokens: int = Field(12, ge=1)
     """A completion that reproduces this many tokens of the row verbatim counts as memorized."""
     max_new_tokens: int = Field(48, ge=1)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+    """Prompts decoded together; unset: 32 on a GPU, 8 on the CPU (on an H200 an 8B adapter
+    decoded 4.8 prompts/s at 32 against 1.7 at 8 and 0.26 one at a time: bench/README.md)."""
+
+    def batch_for(self, device: str) -> int:
+        return self.batch_size or (32 if device.startswith("cuda") else 8)
+
     suites: dict[str, list[str]] = {}
     """Adapter name -> the institution's registered suites (`enclave data add --schema suite`)
     that belong to that name's fixed suite, beside held-out, red-team and leakage."""

@@ -412,3 +412,12 @@ def test_lm_eval_runs_offline_from_a_local_task_directory(enclave, loras, tmp_pa
     from appliance.eval.suites import default_suites
 
     assert "lm:tiny_mc" in default_suites(EvalConfig.model_validate(cfg), "bot")
+
+
+def test_eval_batch_defaults_to_the_device_and_a_set_value_wins():
+    from appliance.config import EvalConfig
+
+    assert EvalConfig().batch_for("cuda:0") == 32 and EvalConfig().batch_for("cpu") == 8
+    assert EvalConfig(batch_size=3).batch_for("cuda") == 3
+    with pytest.raises(ValueError):
+        EvalConfig(batch_size=0)

@@ -90,6 +90,7 @@ def start(
     as_json: JsonOpt = False,
 ) -> None:
     """Generate both adapters' answers (in memory), encrypt them and open a review round."""
+    from appliance.adapters.inference import device_and_dtype
     from appliance.cli.eval import _candidate
     from appliance.review import rounds
 
@@ -103,7 +104,7 @@ def start(
         operators=operators,
         per_operator=per_operator,
         max_new_tokens=cfg.max_new_tokens,
-        batch_size=cfg.batch_size,
+        batch_size=cfg.batch_for(device_and_dtype(device)[0]),
         device=device,
         say=lambda line: err.print(line, markup=False, highlight=False),
     )

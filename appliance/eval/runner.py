@@ -161,7 +161,7 @@ def run_subject(
                     loaded.model,
                     loaded.tokenizer,
                     [(i.prompt, i.reference or "") for i in suite.items],
-                    cfg.batch_size,
+                    loaded.batch_size,
                 )
             raw[suite.name] = entry
         say(f"{role}: {suite.name}: {len(suite.items)} prompts in {time.monotonic() - t0:.1f} s")
@@ -246,7 +246,9 @@ def evaluate(
         say(f"loading {subject.role} {subject.ref} on {device}")
         model, tok = _load(layout, subject, rec, key, device)
         try:
-            raw[subject.role] = run_subject(_Loaded(model, tok, cfg.batch_size), plan, cfg, say, subject.role)
+            raw[subject.role] = run_subject(
+                _Loaded(model, tok, cfg.batch_for(device)), plan, cfg, say, subject.role
+            )
         finally:
             del model
             _release()
