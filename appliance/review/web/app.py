@@ -17,7 +17,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from importlib import resources
 from typing import Any
@@ -127,6 +127,18 @@ def create_app(
     def db() -> sqlite3.Connection:
         return rs.connect(layout)
 
+    def with_db(handler: Callable[[sqlite3.Connection, Request], Awaitable[Response]]):
+        """A request's own registry connection, closed whatever the handler returns or raises."""
+
+        async def endpoint(request: Request) -> Response:
+            conn = db()
+            try:
+                return await handler(conn, request)
+            finally:
+                conn.close()
+
+        return endpoint
+
     def render(name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
         return HTMLResponse(env.get_template(name).render(**ctx), status_code=status)
 
@@ -168,195 +180,170 @@ def create_app(
         )
         return render("error.html", status, message=why, operator=who if who != "-" else None, csrf=None)
 
-    async def index(request: Request) -> Response:
-        conn = db()
-        try:
-            sess = current(conn, request)
-            if sess is None or sess["operator"] is None:
-                if sess is None:
-                    sid, csrf = rs.new_session(conn, None, rcfg.session_hours)
-                    return with_cookie(render("signin.html", csrf=csrf, operator=None), sid)
-                return render("signin.html", csrf=sess["csrf"], operator=None)
-            op = sess["operator"]
-            rounds = []
-            for r in rs.rounds(conn, status="open"):
-                mine = rs.slot_of(conn, r["id"], op, claim=False)
-                done = len(rs.rated(conn, r["id"], op)) if mine is not None else 0
-                rounds.append({**r, "mine": mine, "done": done})
-            return render("index.html", operator=op, csrf=sess["csrf"], rounds=rounds)
-        finally:
-            conn.close()
+    @with_db
+    async def index(conn: sqlite3.Connection, request: Request) -> Response:
+        sess = current(conn, request)
+        if sess is None or sess["operator"] is None:
+            if sess is None:
+                sid, csrf = rs.new_session(conn, None, rcfg.session_hours)
+                return with_cookie(render("signin.html", csrf=csrf, operator=None), sid)
+            return render("signin.html", csrf=sess["csrf"], operator=None)
+        op = sess["operator"]
+        rounds = []
+        for r in rs.rounds(conn, status="open"):
+            mine = rs.slot_of(conn, r["id"], op, claim=False)
+            done = len(rs.rated(conn, r["id"], op)) if mine is not None else 0
+            rounds.append({**r, "mine": mine, "done": done})
+        return render("index.html", operator=op, csrf=sess["csrf"], rounds=rounds)
 
-    async def signin(request: Request) -> Response:
-        conn = db()
+    @with_db
+    async def signin(conn: sqlite3.Connection, request: Request) -> Response:
+        sess = current(conn, request)
+        form = await checked_form(conn, request, sess)
+        if form is None:
+            return render("error.html", 403, message=CSRF_MSG, operator=None, csrf=None)
         try:
-            sess = current(conn, request)
-            form = await checked_form(conn, request, sess)
-            if form is None:
-                return render("error.html", 403, message=CSRF_MSG, operator=None, csrf=None)
-            try:
-                op = rs.redeem(conn, str(form.get("token") or ""), client=client(request))
-            except ReviewTokenError:
-                # Which of unknown, used, expired or revoked is in the log, not on the page.
-                return render("signin.html", 403, csrf=sess["csrf"], operator=None, message=BAD_TOKEN)
-            rs.end_session(conn, request.cookies.get(COOKIE, ""))
-            sid, _csrf = rs.new_session(conn, op, rcfg.session_hours)  # a new id: no session fixation
-            return with_cookie(RedirectResponse("/", 303), sid)
-        finally:
-            conn.close()
+            op = rs.redeem(conn, str(form.get("token") or ""), client=client(request))
+        except ReviewTokenError:
+            # Which of unknown, used, expired or revoked is in the log, not on the page.
+            return render("signin.html", 403, csrf=sess["csrf"], operator=None, message=BAD_TOKEN)
+        rs.end_session(conn, request.cookies.get(COOKIE, ""))
+        sid, _csrf = rs.new_session(conn, op, rcfg.session_hours)  # a new id: no session fixation
+        return with_cookie(RedirectResponse("/", 303), sid)
 
-    async def signout(request: Request) -> Response:
-        conn = db()
-        try:
-            sess = current(conn, request)
-            if await checked_form(conn, request, sess) is None:
-                return refused(conn, "-", request, "CSRF token missing or wrong")
-            rs.end_session(conn, request.cookies.get(COOKIE, ""))
-            rs.log(conn, sess["operator"] or "-", "sign-out", None, None, f"from {client(request)}")
-            resp = RedirectResponse("/", 303)
-            resp.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
-            return resp
-        finally:
-            conn.close()
+    @with_db
+    async def signout(conn: sqlite3.Connection, request: Request) -> Response:
+        sess = current(conn, request)
+        if await checked_form(conn, request, sess) is None:
+            return refused(conn, "-", request, "CSRF token missing or wrong")
+        rs.end_session(conn, request.cookies.get(COOKIE, ""))
+        rs.log(conn, sess["operator"] or "-", "sign-out", None, None, f"from {client(request)}")
+        resp = RedirectResponse("/", 303)
+        resp.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+        return resp
 
     def signed_in(conn, request: Request) -> dict[str, Any] | None:
         sess = current(conn, request)
         return sess if sess is not None and sess["operator"] is not None else None
 
-    async def round_page(request: Request) -> Response:
-        conn = db()
+    @with_db
+    async def round_page(conn: sqlite3.Connection, request: Request) -> Response:
+        sess = signed_in(conn, request)
+        if sess is None:
+            return RedirectResponse("/", 303)
+        op, rid = sess["operator"], int(request.path_params["rid"])
         try:
-            sess = signed_in(conn, request)
-            if sess is None:
-                return RedirectResponse("/", 303)
-            op, rid = sess["operator"], int(request.path_params["rid"])
-            try:
-                rnd = rs.get_round(conn, rid)
-            except EnclaveError:
-                return refused(conn, op, request, f"no review round {rid}", 404)
-            if rnd["status"] != "open":
-                return render("done.html", operator=op, csrf=sess["csrf"], rnd=rnd, closed=True, total=0)
-            mine = rs.slot_of(conn, rid, op, claim=True)
-            if mine is None:
-                return refused(conn, op, request, f"round {rid}: every operator slot is taken", 409)
-            done = rs.rated(conn, rid, op)
-            todo = [i for i in mine if i not in done]
-            if not todo:
-                return render(
-                    "done.html", operator=op, csrf=sess["csrf"], rnd=rnd, closed=False, total=len(mine)
-                )
-            idx = todo[0]
-            prompt, a, b = rs.item(layout, conn, rid, idx)
-            rs.log(conn, op, "view", rid, idx)
+            rnd = rs.get_round(conn, rid)
+        except EnclaveError:
+            return refused(conn, op, request, f"no review round {rid}", 404)
+        if rnd["status"] != "open":
+            return render("done.html", operator=op, csrf=sess["csrf"], rnd=rnd, closed=True, total=0)
+        mine = rs.slot_of(conn, rid, op, claim=True)
+        if mine is None:
+            return refused(conn, op, request, f"round {rid}: every operator slot is taken", 409)
+        done = rs.rated(conn, rid, op)
+        todo = [i for i in mine if i not in done]
+        if not todo:
+            return render("done.html", operator=op, csrf=sess["csrf"], rnd=rnd, closed=False, total=len(mine))
+        idx = todo[0]
+        prompt, a, b = rs.item(layout, conn, rid, idx)
+        rs.log(conn, op, "view", rid, idx)
+        return render(
+            "rate.html",
+            operator=op,
+            csrf=sess["csrf"],
+            rnd=rnd,
+            idx=idx,
+            position=len(mine) - len(todo) + 1,
+            total=len(mine),
+            prompt=prompt,
+            answers=[("a", "A", a), ("b", "B", b)],
+            criteria=CRITERIA,
+            prefs=PREF_LABELS,
+            message=NOTICES.get(request.query_params.get("m", "")),
+        )
+
+    @with_db
+    async def rate(conn: sqlite3.Connection, request: Request) -> Response:
+        sess = signed_in(conn, request)
+        form = await checked_form(conn, request, sess)
+        if form is None:
             return render(
-                "rate.html",
-                operator=op,
-                csrf=sess["csrf"],
-                rnd=rnd,
-                idx=idx,
-                position=len(mine) - len(todo) + 1,
-                total=len(mine),
-                prompt=prompt,
-                answers=[("a", "A", a), ("b", "B", b)],
-                criteria=CRITERIA,
-                prefs=PREF_LABELS,
-                message=NOTICES.get(request.query_params.get("m", "")),
+                "error.html", 403, message=CSRF_MSG, operator=(sess or {}).get("operator"), csrf=None
             )
-        finally:
-            conn.close()
-
-    async def rate(request: Request) -> Response:
-        conn = db()
+        op, rid = sess["operator"], int(request.path_params["rid"])
         try:
-            sess = signed_in(conn, request)
-            form = await checked_form(conn, request, sess)
-            if form is None:
-                return render(
-                    "error.html", 403, message=CSRF_MSG, operator=(sess or {}).get("operator"), csrf=None
-                )
-            op, rid = sess["operator"], int(request.path_params["rid"])
-            try:
-                rnd = rs.get_round(conn, rid)
-            except EnclaveError:
-                return refused(conn, op, request, f"no review round {rid}", 404)
-            if rnd["status"] != "open":
-                return refused(conn, op, request, f"round {rid} is closed", 409)
-            mine = rs.slot_of(conn, rid, op, claim=False) or []
-            try:
-                idx = int(str(form.get("item")))
-            except ValueError:
-                idx = -1
-            if idx not in mine:
-                return refused(
-                    conn, op, request, f"round {rid}: item {form.get('item')!r} is not one of yours"
-                )
-            scores: dict[str, dict[str, int]] = {"a": {}, "b": {}}
-            for side in ("a", "b"):
-                for c in CRITERIA:
-                    v = str(form.get(f"{c}_{side}") or "")
-                    if v not in {"1", "2", "3", "4", "5"}:
-                        return RedirectResponse(f"/round/{rid}?m=scores", 303)
-                    scores[side][c] = int(v)
-            pref = str(form.get("preference") or "")
-            if pref not in rs.PREFERENCES:
-                return RedirectResponse(f"/round/{rid}?m=preference", 303)
-            comment = str(form.get("comment") or "").strip()[:2000]
-            rs.save_rating(layout, conn, rid, op, idx, scores, pref, comment)
-            return RedirectResponse(f"/round/{rid}", 303)
-        finally:
-            conn.close()
-
-    async def my_ratings(request: Request) -> Response:
-        conn = db()
+            rnd = rs.get_round(conn, rid)
+        except EnclaveError:
+            return refused(conn, op, request, f"no review round {rid}", 404)
+        if rnd["status"] != "open":
+            return refused(conn, op, request, f"round {rid} is closed", 409)
+        mine = rs.slot_of(conn, rid, op, claim=False) or []
         try:
-            sess = signed_in(conn, request)
-            if sess is None:
-                return RedirectResponse("/", 303)
-            op, rid, whose = (
-                sess["operator"],
-                int(request.path_params["rid"]),
-                request.path_params["operator"],
-            )
-            if whose != op:
-                return refused(conn, op, request, f"round {rid}: the ratings of {whose} are theirs alone")
-            rows = rs.ratings_of(conn, rid, op)
-            try:
-                closed = rs.get_round(conn, rid)["status"] == "closed"
-            except EnclaveError:
-                return refused(conn, op, request, f"no review round {rid}", 404)
-            # Which side was the new version: told only once the round is closed.
-            sides = rs.new_sides(conn, rid) if closed else {}
-            for r in rows:
-                r["new_side"] = ("A" if sides[r["idx"]] else "B") if closed else None
-            rs.log(conn, op, "view-own-ratings", rid)
-            return render(
-                "ratings.html",
-                operator=op,
-                csrf=sess["csrf"],
-                rid=rid,
-                rows=rows,
-                criteria=CRITERIA,
-                closed=closed,
-            )
-        finally:
-            conn.close()
+            idx = int(str(form.get("item")))
+        except ValueError:
+            idx = -1
+        if idx not in mine:
+            return refused(conn, op, request, f"round {rid}: item {form.get('item')!r} is not one of yours")
+        scores: dict[str, dict[str, int]] = {"a": {}, "b": {}}
+        for side in ("a", "b"):
+            for c in CRITERIA:
+                v = str(form.get(f"{c}_{side}") or "")
+                if v not in {"1", "2", "3", "4", "5"}:
+                    return RedirectResponse(f"/round/{rid}?m=scores", 303)
+                scores[side][c] = int(v)
+        pref = str(form.get("preference") or "")
+        if pref not in rs.PREFERENCES:
+            return RedirectResponse(f"/round/{rid}?m=preference", 303)
+        comment = str(form.get("comment") or "").strip()[:2000]
+        rs.save_rating(layout, conn, rid, op, idx, scores, pref, comment)
+        return RedirectResponse(f"/round/{rid}", 303)
 
-    async def registry_page(request: Request) -> Response:
-        conn = db()
+    @with_db
+    async def my_ratings(conn: sqlite3.Connection, request: Request) -> Response:
+        sess = signed_in(conn, request)
+        if sess is None:
+            return RedirectResponse("/", 303)
+        op, rid, whose = (
+            sess["operator"],
+            int(request.path_params["rid"]),
+            request.path_params["operator"],
+        )
+        if whose != op:
+            return refused(conn, op, request, f"round {rid}: the ratings of {whose} are theirs alone")
+        rows = rs.ratings_of(conn, rid, op)
         try:
-            sess = signed_in(conn, request)
-            if sess is None:
-                return RedirectResponse("/", 303)
-            data = view(conn)
-            rs.log(conn, sess["operator"], "view-registry")
-            if request.url.path.endswith(".json"):
-                return JSONResponse(data)
-            names: dict[str, list[dict[str, Any]]] = {}
-            for v in data:
-                names.setdefault(v["name"], []).append(v)
-            return render("registry.html", operator=sess["operator"], csrf=sess["csrf"], names=names)
-        finally:
-            conn.close()
+            closed = rs.get_round(conn, rid)["status"] == "closed"
+        except EnclaveError:
+            return refused(conn, op, request, f"no review round {rid}", 404)
+        # Which side was the new version: told only once the round is closed.
+        sides = rs.new_sides(conn, rid) if closed else {}
+        for r in rows:
+            r["new_side"] = ("A" if sides[r["idx"]] else "B") if closed else None
+        rs.log(conn, op, "view-own-ratings", rid)
+        return render(
+            "ratings.html",
+            operator=op,
+            csrf=sess["csrf"],
+            rid=rid,
+            rows=rows,
+            criteria=CRITERIA,
+            closed=closed,
+        )
+
+    @with_db
+    async def registry_page(conn: sqlite3.Connection, request: Request) -> Response:
+        sess = signed_in(conn, request)
+        if sess is None:
+            return RedirectResponse("/", 303)
+        data = view(conn)
+        rs.log(conn, sess["operator"], "view-registry")
+        if request.url.path.endswith(".json"):
+            return JSONResponse(data)
+        names: dict[str, list[dict[str, Any]]] = {}
+        for v in data:
+            names.setdefault(v["name"], []).append(v)
+        return render("registry.html", operator=sess["operator"], csrf=sess["csrf"], names=names)
 
     def on_refused(host: str, path: str) -> None:
         conn = db()
