@@ -92,22 +92,27 @@ def build_sbom(
                     properties=[Property(name="enclave:path", value=f.path)],
                 )
             )
+
+    def files_under(kind: FileKind, root: str) -> list[Component]:
+        """A model's or dataset's files as its sub-components, each with its hashes."""
+        return [
+            Component(
+                type=ComponentType.FILE,
+                name=f.path.removeprefix(root + "/"),
+                bom_ref=f"file:{f.path}",
+                hashes=hashes(f.path),
+            )
+            for f in files
+            if f.kind is kind and f.path.startswith(root + "/")
+        ]
+
     for m in models:
         org, _, mname = m.repo_id.partition("/")
         local = org == "local"
         purl = (
             None if local else PackageURL(type="huggingface", namespace=org, name=mname, version=m.revision)
         )
-        inner = [
-            Component(
-                type=ComponentType.FILE,
-                name=f.path.removeprefix(m.path + "/"),
-                bom_ref=f"file:{f.path}",
-                hashes=hashes(f.path),
-            )
-            for f in files
-            if f.kind is FileKind.model and f.path.startswith(m.path + "/")
-        ]
+        inner = files_under(FileKind.model, m.path)
         props = [Property(name="enclave:path", value=m.path)]
         if local:
             props.append(Property(name="enclave:source", value="local directory (revision = content digest)"))
@@ -142,16 +147,7 @@ def build_sbom(
                 name=dname,
                 version=d.revision,
                 bom_ref=f"dataset:{d.repo_id}@{d.revision}",
-                components=[
-                    Component(
-                        type=ComponentType.FILE,
-                        name=f.path.removeprefix(d.path + "/"),
-                        bom_ref=f"file:{f.path}",
-                        hashes=hashes(f.path),
-                    )
-                    for f in files
-                    if f.kind is FileKind.dataset and f.path.startswith(d.path + "/")
-                ],
+                components=files_under(FileKind.dataset, d.path),
                 properties=props,
             )
         )
