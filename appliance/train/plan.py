@@ -262,6 +262,8 @@ class Knobs:
     lora_kernels: bool
     fused_ce: bool
     liger: bool
+    host_embeddings: bool
+    """appliance.train.host_embeddings: the input table is in host memory (unless tied)."""
     seq: int
     packing: bool
     pad_to_seq: bool
@@ -306,6 +308,7 @@ class Knobs:
             fused_ce=(liger and _on(c.get("liger_fused_linear_cross_entropy")))
             or _on(c.get("cut_cross_entropy")),
             liger=liger,
+            host_embeddings="host_embeddings" in plugins,
             seq=int(c.get("sequence_len") or 2048),
             packing=_on(c.get("sample_packing")),
             pad_to_seq=_on(c.get("pad_to_sequence_len")),
@@ -343,7 +346,8 @@ class Knobs:
             x for x, on in (("LoRA kernels", self.lora_kernels), ("fused CE", self.fused_ce),
                             ("checkpointing", self.checkpointing),
                             (f"{self.offloading} offloading", self.offloading),
-                            ("packing", self.packing), ("compile", self.compile)) if on
+                            ("packing", self.packing), ("compile", self.compile),
+                            ("host embeddings", self.host_embeddings)) if on
         ]  # fmt: skip
         return (
             f"{q}, LoRA r{self.lora_r} on {len(self.targets)} of 7 projections, "
@@ -572,7 +576,8 @@ def weight_bytes(shape: Shape, k: Knobs, shards: int = 1) -> float:
     nf4 = NF4_BYTES + (NF4_SCALES_DQ if k.double_quant else NF4_SCALES)
     per = {"nf4": nf4, "int8": 1.0 + 4 / shape.hidden, "bf16": 2.0, "fp32": 4.0}[k.quant]
     other = 4 if (k.fp32_non_quantized or k.quant == "fp32") else 2
-    rest = shape.embed_params + shape.head_params + (2 * shape.layers + 1) * shape.hidden
+    embed = 0 if (k.host_embeddings and not shape.tied) else shape.embed_params
+    rest = embed + shape.head_params + (2 * shape.layers + 1) * shape.hidden
     return (shape.linear_params * per + rest * other) / shards
 
 
