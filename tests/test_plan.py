@@ -56,6 +56,20 @@ def test_the_memory_model_stays_physical():
     assert abs(P.weight_bytes(P.shape_from("llama-3-8b"), k) / P.GiB - 5.31) < 0.05
 
 
+def test_host_embeddings_take_the_input_table_off_the_gpu_unless_tied():
+    conf = yaml.safe_load((RECIPES / "qlora-8b.yml").read_text())
+    on = dict(conf, plugins=[*conf["plugins"], "appliance.train.host_embeddings.HostEmbeddingsPlugin"])
+    k_off, k_on = P.Knobs.from_config(conf), P.Knobs.from_config(on)
+    assert not k_off.host_embeddings and k_on.host_embeddings and "host embeddings" in k_on.describe()
+    s8 = P.shape_from("llama-3-8b")
+    saved = P.weight_bytes(s8, k_off) - P.weight_bytes(s8, k_on)
+    assert saved == s8.vocab * s8.hidden * 2  # the bf16 128k x 4096 table: 0.98 GiB
+    tied = P.Shape.from_config(
+        {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+         "num_key_value_heads": 8, "vocab_size": 128256, "tie_word_embeddings": True}, "tied")  # fmt: skip
+    assert P.weight_bytes(tied, k_on) == P.weight_bytes(tied, k_off)  # the plugin leaves a tied table
+
+
 def test_peak_memory_predicts_a_row_it_was_not_fitted_on():
     """Leave one out: refit without the row, then predict its peak. The physical model carries it
     (axolotl's example, the only row with materialised logits at 8k tokens a step, is 23% high)."""
