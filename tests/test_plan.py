@@ -257,7 +257,7 @@ def test_train_prints_the_plan_and_a_planning_error_does_not_stop_it(prefix, tmp
 def test_a_new_row_from_a_recipe_is_one_command_and_one_line(tmp_path):
     """devtools/calibration_row.py turns a recipe and a bench run's figures into a table line the
     planner reads with the recipe's own knobs (here: the 70B recipe at the planner's own figures,
-    as if a lease had measured exactly that)."""
+    as if a lease had measured exactly that, added to the table without its measured 70B row)."""
     import subprocess
     import sys
 
@@ -266,7 +266,8 @@ def test_a_new_row_from_a_recipe_is_one_command_and_one_line(tmp_path):
     recipe = RECIPES / "qlora-70b.yml"
     conf = yaml.safe_load(recipe.read_text())
     shape = P.shape_from("llama-3-70b")
-    est = P.estimate(shape, conf, P.hardware("h200"), None)
+    others = [r for r in ROWS if r.raw["shape"] != "llama-3-70b"]
+    est = P.estimate(shape, conf, P.hardware("h200"), None, table=others)
     proc = subprocess.run(
         [sys.executable, "-m", "devtools.calibration_row", str(recipe), "--id", "h200-qlora-70b",
          "--gpu", "h200", "--shape", "llama-3-70b", "--date", "2026-12-03", "--driver", "580",
@@ -276,7 +277,7 @@ def test_a_new_row_from_a_recipe_is_one_command_and_one_line(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("\n") == 1
-    table = P.load_table("\n".join(json.dumps(r.raw) for r in ROWS) + "\n" + proc.stdout)
+    table = P.load_table("\n".join(json.dumps(r.raw) for r in others) + "\n" + proc.stdout)
     new = table[-1]
     assert new.knobs == P.Knobs.from_config(conf) and new.shape == shape
     again = P.estimate(shape, conf, P.hardware("h200"), new.data, table=table)
