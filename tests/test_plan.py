@@ -109,11 +109,9 @@ def test_cli_on_the_recipes_matches_their_rows(row, tmp_path):
     assert rc == 0, text
     assert near(report["peak_gib"], row.raw["peak_gib"]), (report["memory_gib"], row.raw["peak_gib"])
     assert near(report["slots_per_s"], row.raw["slots_s"]), report
-    # Trained tokens/s without data assumes the bench data's 39.9% trained share; a row timed over
-    # six steps of one packed row (qlora-8b-small.yml: 12k slots) sampled 33%, so it gets 25%.
-    sampled = row.raw["trained_tok_s"] / row.raw["slots_s"]
-    tol = P.TOLERANCE if abs(sampled - 0.399) < 0.05 else 0.25
-    assert near(report["trained_tokens_per_s"], row.raw["trained_tok_s"], tol), report
+    # Trained tokens/s without data assumes the bench data's 39.9% trained share (the recipe rows'
+    # timed steps drew 37-40%).
+    assert near(report["trained_tokens_per_s"], row.raw["trained_tok_s"]), report
     assert report["fits"] is True
 
 
