@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import run_offline
 from peft import LoraConfig, get_peft_model
 from test_train_run import new_run, one_error_line, prefix, recipe, runs  # noqa: F401 (fixture)
 from train_support import train_env
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from appliance.train.host_embeddings import HostEmbeddingsArgs, move_to_host, why_not
-from conftest import run_offline
 
 PLUGIN = "appliance.train.host_embeddings.HostEmbeddingsPlugin"
 
@@ -60,7 +60,9 @@ def test_same_loss_and_lora_gradients_with_the_table_on_the_host():
 def test_leaves_tied_trained_and_scaled_embeddings_alone():
     tied = lora(tiny(tied=True))
     assert why_not(tied) == "the input embeddings are tied to the output layer"
-    assert move_to_host(tied).startswith("host embeddings: left on the accelerator: the input embeddings are tied")
+    assert move_to_host(tied).startswith(
+        "host embeddings: left on the accelerator: the input embeddings are tied"
+    )
     trained = tiny()
     trained.get_input_embeddings().weight.requires_grad_(True)
     assert why_not(trained) == "the input embedding table is trained in this run"
@@ -75,6 +77,17 @@ def test_leaves_tied_trained_and_scaled_embeddings_alone():
     assert "a Scaled, not a plain torch.nn.Embedding" in why_not(scaled)
     assert "left on the accelerator" in move_to_host(scaled)
     assert scaled.get_input_embeddings().forward.__func__ is Scaled.forward
+
+
+def test_several_trainer_processes_keep_the_table_on_their_gpu(monkeypatch):
+    model = lora(tiny())
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert move_to_host(model).endswith(
+        "2 trainer processes: data parallel needs every parameter on the process's GPU"
+    )
+    assert model.get_input_embeddings().forward.__func__ is torch.nn.Embedding.forward
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert why_not(model) is None
 
 
 def test_the_config_check_refuses_sharded_runs():

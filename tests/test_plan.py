@@ -68,6 +68,9 @@ def test_host_embeddings_take_the_input_table_off_the_gpu_unless_tied():
         {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
          "num_key_value_heads": 8, "vocab_size": 128256, "tie_word_embeddings": True}, "tied")  # fmt: skip
     assert P.weight_bytes(tied, k_on) == P.weight_bytes(tied, k_off)  # the plugin leaves a tied table
+    one = P.estimate(s8, on, P.hardware("h200"), None).memory.weights
+    two = P.estimate(s8, on, P.hardware("h200", 2), None).memory.weights  # DDP: left on each GPU
+    assert two - one == saved
 
 
 def test_peak_memory_predicts_a_row_it_was_not_fitted_on():

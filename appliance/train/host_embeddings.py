@@ -13,8 +13,10 @@ Turned on by naming it in a run's `plugins:` list:
     plugins:
       - appliance.train.host_embeddings.HostEmbeddingsPlugin
 
-It changes nothing, and says so in the run log, when the table is tied to the output layer
-(the small Llama 3.2 models: the table is then read whole every step), when it is trained
+It changes nothing, and says so in the run log, when the run has several trainer processes
+(`enclave train --gpus N`: DDP needs every parameter on its GPU), when the table is tied to
+the output layer (the small Llama 3.2 models: the table is then read whole every step), when
+it is trained
 (`lora_modules_to_save`, trainable tokens) or when it is not a plain `nn.Embedding` (a
 scaled embedding's forward would be lost). Under FSDP or DeepSpeed the sharding places
 every parameter itself, so the plugin's config check (`HostEmbeddingsArgs`, run by axolotl's
@@ -27,6 +29,7 @@ nothing here touches the network.
 from __future__ import annotations
 
 import logging
+import os
 import types
 from typing import Any
 
@@ -42,6 +45,11 @@ MARK = "_enclave_on_host"
 
 def why_not(model: Any) -> str | None:
     """Why the input embedding table of `model` cannot live on the host, or None if it can."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1:
+        # DDP wraps a module whose parameters all sit on its one GPU (and broadcasts them over
+        # NCCL at the start); FSDP and DeepSpeed place them themselves.
+        return f"{world} trainer processes: data parallel needs every parameter on the process's GPU"
     emb = model.get_input_embeddings()
     if type(emb) is not torch.nn.Embedding:
         return f"the input embeddings are a {type(emb).__name__}, not a plain torch.nn.Embedding"
@@ -89,7 +97,9 @@ def move_to_host(model: Any) -> str:
         model.hf_device_map = {"": before.index or 0}
     mib = emb.weight.numel() * emb.weight.element_size() / 2**20
     where = "kept in host memory" if before.type == "cpu" else f"moved from {before} to host memory"
-    return f"host embeddings: the {tuple(emb.weight.shape)} table ({mib:,.1f} MiB) {where}; rows gathered there"
+    return (
+        f"host embeddings: the {tuple(emb.weight.shape)} table ({mib:,.1f} MiB) {where}; rows gathered there"
+    )
 
 
 class HostEmbeddingsArgs(BaseModel):

@@ -26,6 +26,7 @@ measured. tests/test_plan.py checks every row is reproduced within 20%.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -869,6 +870,8 @@ def estimate(
         resident = int(weight_bytes(shape, k)) + parallel.RUN_MARGIN
     par = parallel.choose(config, hw.count, devices, Path(), resident=resident)
     shards = hw.count if par.mode == "fsdp" else 1
+    if hw.count > 1 and k.host_embeddings:  # the plugin leaves the table on the GPU under DDP/FSDP
+        k = dataclasses.replace(k, host_embeddings=False)
     mem = memory(shape, k, data, cal, shards)
     # A GPU each process, less its context; on a CPU the processes share the host's RAM.
     usable = hw.gpu.memory_gib / hw.count if hw.is_cpu else hw.gpu.memory_gib - RESERVE_GIB
