@@ -168,7 +168,18 @@ def test_tier_advice_and_multi_gpu(tmp_path):
 def test_bad_inputs_are_one_line_and_nonzero(tmp_path):
     bad = tmp_path / "bad.yml"
     bad.write_text("base_model: [\n")
+    recipe = yaml.safe_load((RECIPES / "qlora-8b.yml").read_text())
+    typos = {"micro_batch_size": "two", "sequence_len": 0, "lora_dropout": 1.5, "plugins": 5}
+    for key, value in typos.items():
+        (tmp_path / f"{key}.yml").write_text(yaml.safe_dump({**recipe, key: value}))
+    shape = tmp_path / "config.json"
+    shape.write_text(json.dumps({"hidden_size": "x"}))
     cases = [
+        *(
+            ((str(tmp_path / f"{k}.yml"), "--model-config", "llama-3-8b"), 58, f"{k}.yml: {k}: ")
+            for k in typos
+        ),
+        ((str(RECIPES / "qlora-8b.yml"), "--model-config", str(shape)), 58, "config.json: hidden_size: 'x'"),
         ((str(bad), "--model-config", "llama-3-8b"), 2, "not valid YAML"),
         ((str(RECIPES / "qlora-8b.yml"), "--gpu", "a100", "--model-config", "llama-3-8b"), 2, "--gpu a100"),
         ((str(RECIPES / "qlora-8b.yml"),), 58, "base_model"),

@@ -150,23 +150,29 @@ class Shape:
     @classmethod
     def from_config(cls, conf: dict[str, Any], name: str) -> Shape:
         conf = conf.get("text_config", conf) if "hidden_size" not in conf else conf
-        try:
-            h, heads = int(conf["hidden_size"]), int(conf["num_attention_heads"])
-            return cls(
-                name=name,
-                hidden=h,
-                layers=int(conf["num_hidden_layers"]),
-                intermediate=int(conf["intermediate_size"]),
-                vocab=int(conf["vocab_size"]),
-                heads=heads,
-                kv_heads=int(conf.get("num_key_value_heads") or heads),
-                head_dim=int(conf.get("head_dim") or h // heads),
-                tied=bool(conf.get("tie_word_embeddings", False)),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PlanError(
-                f"{name}: not a decoder config this planner reads (missing or bad {exc})"
-            ) from None
+        if not isinstance(conf, dict):
+            raise PlanError(f"{name}: text_config: not a JSON object")
+
+        def size(key: str, default: int | None = None) -> int:
+            value = conf.get(key)
+            if value is None and default is not None:
+                return default
+            if value is None:
+                raise PlanError(f"{name}: {key}: missing (not a decoder config this planner reads)")
+            return _count(value, f"{name}: {key}", least=1)
+
+        h, heads = size("hidden_size"), size("num_attention_heads")
+        return cls(
+            name=name,
+            hidden=h,
+            layers=size("num_hidden_layers"),
+            intermediate=size("intermediate_size"),
+            vocab=size("vocab_size"),
+            heads=heads,
+            kv_heads=size("num_key_value_heads", heads),
+            head_dim=size("head_dim", max(1, h // heads)),
+            tied=bool(conf.get("tie_word_embeddings", False)),
+        )
 
     def dims(self, module: str) -> tuple[int, int]:
         """(in, out) of one linear layer."""
@@ -253,6 +259,40 @@ def _on(v: Any) -> bool:
     return v not in (None, "", False, 0, [], {}) and str(v).lower() not in ("false", "no")
 
 
+def _count(value: Any, where: str, *, least: int) -> int:
+    """A whole number as YAML or JSON may give it (4, 4.0, "4"); a PlanError naming `where`
+    otherwise, so a typo is one line and not a traceback."""
+    n: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        n = value
+    elif isinstance(value, float) and value.is_integer():
+        n = int(value)
+    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        n = int(value.strip())
+    if n is None:
+        raise PlanError(f"{where}: {value!r} is not an integer")
+    if n < least:
+        raise PlanError(f"{where}: {n} must be at least {least}")
+    return n
+
+
+def _real(value: Any, where: str, *, low: float, high: float | None = None, open_low: bool = False) -> float:
+    """A finite number in [low, high) (or (low, ...) when `open_low`); a PlanError naming `where`."""
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        x = float(value)
+    except (TypeError, ValueError):
+        raise PlanError(f"{where}: {value!r} is not a number") from None
+    if x != x or x in (float("inf"), float("-inf")):
+        raise PlanError(f"{where}: {value!r} is not a finite number")
+    if x < low or (open_low and x == low):
+        raise PlanError(f"{where}: {value!r} must be {'above' if open_low else 'at least'} {low:g}")
+    if high is not None and x >= high:
+        raise PlanError(f"{where}: {value!r} must be below {high:g}")
+    return x
+
+
 @dataclass(frozen=True)
 class Knobs:
     quant: str  # nf4 | int8 | bf16 | fp32
@@ -283,38 +323,61 @@ class Knobs:
     max_steps: int | None
 
     @classmethod
-    def from_config(cls, c: dict[str, Any]) -> Knobs:
+    def from_config(cls, c: dict[str, Any], source: str | None = None) -> Knobs:
+        """The knobs of an axolotl config; a bad value is a PlanError naming `source` and the
+        key (axolotl's own schema check, run by `train --check`, says the same in its words)."""
+
+        def where(key: str) -> str:
+            return f"{source}: {key}" if source else key
+
+        def count(key: str, default: int) -> int:
+            v = c.get(key)
+            return default if v is None else _count(v, where(key), least=1)
+
+        def real(key: str, default: float, **bounds: Any) -> float:
+            v = c.get(key)
+            return default if v is None else _real(v, where(key), **bounds)
+
+        def names(key: str) -> list[str]:
+            v = c.get(key) or []
+            if isinstance(v, str):
+                return [v]
+            if not isinstance(v, list):
+                raise PlanError(f"{where(key)}: {v!r} is not a list of names")
+            return [str(x) for x in v]
+
         bnb = c.get("bnb_config_kwargs") or {}
         half = _on(c.get("bf16")) or _on(c.get("fp16"))
         quant = "nf4" if _on(c.get("load_in_4bit")) else "int8" if _on(c.get("load_in_8bit")) else None
         if _on(c.get("lora_target_linear")):
             targets = LINEAR
         else:
-            mods = c.get("lora_target_modules") or []
-            mods = [mods] if isinstance(mods, str) else mods
-            targets = tuple(m for m in LINEAR if any(str(x) == m or str(x).endswith("." + m) for x in mods))
-        plugins = " ".join(str(p).lower() for p in (c.get("plugins") or []))
+            mods = names("lora_target_modules")
+            targets = tuple(m for m in LINEAR if any(x == m or x.endswith("." + m) for x in mods))
+        plugins = " ".join(p.lower() for p in names("plugins"))
         liger = "liger" in plugins
         fsdp_conf = c.get("fsdp_config") if isinstance(c.get("fsdp_config"), dict) else {}
         steps = c.get("max_steps")
+        # transformers' convention: max_steps -1 (its default) means "not set".
+        max_steps = _count(steps, where("max_steps"), least=-1) if _on(steps) else None
         return cls(
             quant=quant or ("bf16" if half else "fp32"),
             double_quant=bool(bnb.get("bnb_4bit_use_double_quant", False))
             if isinstance(bnb, dict)
             else False,
-            lora_r=int(c.get("lora_r") or 8),
+            lora_r=count("lora_r", 8),
             targets=targets,
-            lora_dropout=float(c.get("lora_dropout") or 0.0),
+            lora_dropout=real("lora_dropout", 0.0, low=0.0, high=1.0),
             lora_kernels=any(_on(c.get(k)) for k in ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel")),
             fused_ce=(liger and _on(c.get("liger_fused_linear_cross_entropy")))
             or _on(c.get("cut_cross_entropy")),
             liger=liger,
             host_embeddings="host_embeddings" in plugins,
-            seq=int(c.get("sequence_len") or 2048),
+            seq=count("sequence_len", 2048),
             packing=_on(c.get("sample_packing")),
             pad_to_seq=_on(c.get("pad_to_sequence_len")),
-            micro_batch=int(c.get("micro_batch_size") or 1),
-            grad_accum=int(c.get("gradient_accumulation_steps") or 1),
+            micro_batch=count("micro_batch_size", 1),
+            grad_accum=count("gradient_accumulation_steps", 1),
             checkpointing=_on(c.get("gradient_checkpointing"))
             or _on(fsdp_conf.get("activation_checkpointing")),
             offloading=_offload_mode(c.get("activation_offloading")),
@@ -325,8 +388,8 @@ class Knobs:
             fp32_non_quantized=_on(c.get("plan_fp32_non_quantized")),
             train_on_inputs=_on(c.get("train_on_inputs")),
             rl=str(c["rl"]).lower() if _on(c.get("rl")) else None,
-            epochs=float(c.get("num_epochs") or 1),
-            max_steps=int(steps) if _on(steps) else None,
+            epochs=real("num_epochs", 1.0, low=0.0, open_low=True),
+            max_steps=max_steps if max_steps and max_steps > 0 else None,
         )
 
     @property
@@ -1114,7 +1177,7 @@ def plan_yaml(
             ) from None
         shape = shape_from(model_path)
         model = ref
-    k = Knobs.from_config(raw)
+    k = Knobs.from_config(raw, str(yaml_path))
     datasets, notes = _registered(layout, raw)
     data = data_stats(datasets, model_path, k)
     resident = None
