@@ -53,6 +53,13 @@ class ReviewConfig(BaseModel):
     """How long an operator's sign-in token from `enclave review invite` stays valid."""
     session_hours: float = Field(8, gt=0)
     """How long a signed-in browser session lasts."""
+    signin_failures: int = Field(10, ge=1)
+    """Refused sign-ins from one client address within `signin_window_minutes` after which
+    that address gets HTTP 429 for every sign-in, a valid token's too, until the oldest of
+    them leaves the window. A token is 256 random bits, so guessing one is hopeless anyway;
+    this bounds a noisy or hostile client and the log lines it can cause."""
+    signin_window_minutes: float = Field(15, gt=0)
+    """The window `signin_failures` counts over."""
 
 
 class EvalConfig(BaseModel):

@@ -10,6 +10,7 @@ import math
 import socket
 import sqlite3
 import subprocess
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -157,6 +158,40 @@ def test_tokens_are_one_time_expire_and_revoke(prefix, server):
     assert bad.returncode == 2 and "operator name" in bad.stderr
     assert run_enclave("review", "revoke", "nobody", env=env).returncode == ReviewNotFound.exit_code
     assert run_enclave("review", "invite", "x", "--expires", "soon", env=env).returncode == 2
+
+
+def test_repeated_refused_sign_ins_from_one_address_are_throttled(prefix, server):
+    layout, env, _ = prefix
+    conn = rs.connect(layout)
+    limit = 10  # eval.review.signin_failures' default; the test prefix sets none
+    start = conn.execute("SELECT coalesce(max(id), 0) FROM review_log").fetchone()[0]
+    valid = _token(env, "ivan")
+    c = httpx.Client(base_url=server, timeout=30)
+    csrf = _csrf(c.get("/").text)
+    try:
+        codes = []
+        while rs.signin_wait(conn, "127.0.0.1", failures=limit, window=timedelta(minutes=15)) == 0:
+            codes.append(c.post("/signin", data={"csrf": csrf, "token": f"guess-{len(codes)}"}).status_code)
+            assert len(codes) <= limit, codes
+        assert codes and set(codes) == {403}
+        # Now every sign-in from this address is refused before the token is read, a valid one's too.
+        for token in ("guess-again", valid):
+            r = c.post("/signin", data={"csrf": csrf, "token": token})
+            assert r.status_code == 429 and "Too many refused sign-ins" in r.text, r.text
+            assert 1 <= int(r.headers["retry-after"]) <= 15 * 60
+        row = conn.execute("SELECT token_used FROM review_operators WHERE name='ivan'").fetchone()
+        assert row["token_used"] is None  # not spent by the throttled attempt
+        throttled = [e for e in rs.events(conn) if e["action"] == "sign-in throttled"]
+        assert len(throttled) >= 2 and all("(from 127.0.0.1)" in e["detail"] for e in throttled)
+        # Another address's count is its own.
+        assert rs.signin_wait(conn, "127.0.0.2", failures=limit, window=timedelta(minutes=15)) == 0
+    finally:
+        # Out of the window: the module's other tests sign in from this address too.
+        conn.execute(
+            "UPDATE review_log SET at='2000-01-01T00:00:00+00:00' WHERE id > ? AND action='sign-in refused'",
+            (start,),
+        )
+    _sign_in(server, valid)
 
 
 def test_headers_cookies_and_csrf(prefix, server):

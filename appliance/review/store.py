@@ -365,6 +365,23 @@ def redeem(conn: sqlite3.Connection, token: str, *, client: str) -> str:
     return row["name"]
 
 
+def signin_wait(conn: sqlite3.Connection, client: str, *, failures: int, window: timedelta) -> int:
+    """Seconds `client` must wait before its next sign-in counts, or 0: it has `failures`
+    refused sign-ins within `window` (read from the audit log, so the count holds across
+    restarts of the server and across its workers)."""
+    suffix = f"(from {client})"
+    since = (datetime.now(UTC) - window).replace(microsecond=0).isoformat()
+    rows = conn.execute(
+        "SELECT at FROM review_log WHERE action='sign-in refused' AND at >= ? "
+        "AND substr(detail, -?) = ? ORDER BY at DESC LIMIT ?",
+        (since, len(suffix), suffix, failures),
+    ).fetchall()
+    if len(rows) < failures:
+        return 0
+    free_at = _at(rows[-1]["at"]) + window
+    return max(1, int((free_at - datetime.now(UTC)).total_seconds() + 0.999))
+
+
 # --- sessions: a random id in the cookie, its hash and state here ----------------------
 
 

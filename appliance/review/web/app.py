@@ -54,6 +54,7 @@ HEADERS = [
 LOOPBACK = ("127.0.0.1/32", "::1/128")
 CSRF_MSG = "The form's CSRF token is missing or wrong; reload the page."
 BAD_TOKEN = "That token is not valid: unknown, already used, expired or revoked."
+THROTTLED = "Too many refused sign-ins from this address; try again in {minutes} minute(s)."
 # What a redirect back to the form may say: fixed texts by key, so a link cannot put words on the page.
 NOTICES = {
     "scores": "Rate accuracy, helpfulness and tone of both answers (1 to 5).",
@@ -202,6 +203,20 @@ def create_app(
         form = await checked_form(conn, request, sess)
         if form is None:
             return render("error.html", 403, message=CSRF_MSG, operator=None, csrf=None)
+        wait = rs.signin_wait(
+            conn,
+            client(request),
+            failures=rcfg.signin_failures,
+            window=timedelta(minutes=rcfg.signin_window_minutes),
+        )
+        if wait:
+            # Refused before the token is looked at: a valid one is not spent, and a guesser
+            # learns nothing; the log says so once per attempt, with the address.
+            rs.log(conn, "-", "sign-in throttled", None, None, f"retry in {wait} s (from {client(request)})")
+            page = render("signin.html", 429, csrf=sess["csrf"], operator=None,
+                          message=THROTTLED.format(minutes=max(1, -(-wait // 60))))  # fmt: skip
+            page.headers["retry-after"] = str(wait)
+            return page
         try:
             op = rs.redeem(conn, str(form.get("token") or ""), client=client(request))
         except ReviewTokenError:
