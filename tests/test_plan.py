@@ -330,3 +330,25 @@ def test_chat_rows_without_a_tokenizer_and_padding_without_packing(tmp_path):
     assert P.estimate(shape, conf, two, stats).usable_gib == pytest.approx(
         P.estimate(shape, conf, one, stats).usable_gib / 2
     )
+
+
+def test_a_padded_run_planned_from_tokens_alone(tmp_path):
+    """`--tokens N` with no dataset at hand on a run that pads instead of packing (as many of
+    axolotl's own examples do): the padded batches are drawn from assumed alpaca/dolly lengths,
+    said so; the peak takes a long row of an epoch of them, the speed the mean padded width."""
+    conf = {"base_model": "x", "sequence_len": 4096, "micro_batch_size": 2, "sample_packing": False,
+            "load_in_8bit": True, "adapter": "lora", "lora_r": 32, "lora_target_linear": True,
+            "gradient_checkpointing": True, "bf16": "auto", "num_epochs": 4}  # fmt: skip
+    run = tmp_path / "instruct-lora-8b.yml"
+    run.write_text(yaml.safe_dump(conf))
+    proc = run_enclave("plan", str(run), "--gpu", "h200", "--model-config", "llama-3-8b",
+                       "--tokens", "1000000", "--json", "--prefix", str(tmp_path / "p"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert any("row lengths assumed" in n for n in report["data_notes"]), report["data_notes"]
+    k = P.Knobs.from_config(conf)
+    data = P.DataStats(round(1e6 / 238), 1_000_000, 0.4, "t", median=193, p90=398, p99=887)
+    peak, mean = P.micro_tokens(k, data, peak=True), P.micro_tokens(k, data, peak=False)
+    assert 2 * 887 < peak <= 2 * 4096 and 2 * 193 < mean < 2 * 887
+    # With no lengths at all the planner assumes full rows rather than dividing by zero.
+    assert P.micro_tokens(k, P.DataStats(0, 1_000_000, 0.4, "t"), peak=True) == 2 * 4096

@@ -426,6 +426,9 @@ SAMPLE_ROWS = 2000
 CHARS_PER_TOKEN = 4.0
 ASSUMED_TRAINED_FRACTION = 0.4
 """When no dataset is at hand: the bench's alpaca/dolly-shaped data trains on 39.9% of its tokens."""
+ASSUMED_LENGTHS = {"mean": 238.0, "median": 193.0, "p90": 398.0, "p99": 887.0}
+"""Row lengths in tokens when no dataset is at hand (`--tokens N`): the bench's alpaca/dolly-shaped
+data (bench/README.md); they matter only to runs that pad batches instead of packing them."""
 CHAT_TURN_TOKENS = 5
 """Template tokens around one chat turn (Llama 3: header start, role, header end, blank, eot)."""
 
@@ -448,6 +451,11 @@ class DataStats:
     @property
     def mean(self) -> float:
         return self.tokens / self.rows if self.rows else 0.0
+
+    @property
+    def knows_lengths(self) -> bool:
+        """Whether there is a length distribution to draw padded batches from."""
+        return bool(self.lengths) or (self.median or self.mean) > 0
 
     def _quantile(self, q: float) -> float:
         """From the sample when there is one, else a lognormal through the median and p90 (the
@@ -664,7 +672,7 @@ def layer_activation_bytes(shape: Shape, k: Knobs) -> float:
 def micro_tokens(k: Knobs, data: DataStats | None, peak: bool) -> float:
     """Token slots of one micro-step: packed or padded to sequence_len, else the padded batch
     (its longest for the peak, its mean width for throughput)."""
-    if k.packing or k.pad_to_seq or data is None:
+    if k.packing or k.pad_to_seq or data is None or not data.knows_lengths:
         return k.micro_batch * k.seq
     return k.micro_batch * (data.longest(k.seq) if peak else data.padded_width(k.micro_batch, k.seq))
 
@@ -1106,13 +1114,23 @@ def make_plan(
     if tokens is not None:
         assumed = data is None
         frac = data.trained_fraction if data is not None else ASSUMED_TRAINED_FRACTION
-        data = DataStats(
-            data.rows if data else 0, tokens, frac, f"--tokens {tokens:,}", data.lengths if data else []
-        )
+        if data is not None:
+            data = DataStats(data.rows, tokens, frac, f"--tokens {tokens:,}", data.lengths)
+        else:
+            a = ASSUMED_LENGTHS
+            data = DataStats(
+                max(1, round(tokens / a["mean"])), tokens, frac, f"--tokens {tokens:,}",
+                median=a["median"], p90=a["p90"], p99=a["p99"],
+            )  # fmt: skip
         if assumed:
             notes.append(
                 f"trained fraction assumed {ASSUMED_TRAINED_FRACTION:.0%} (no registered dataset read)"
             )
+            if not (k.packing or k.pad_to_seq):
+                notes.append(
+                    f"row lengths assumed alpaca/dolly-shaped for the padded batches (median "
+                    f"{ASSUMED_LENGTHS['median']:.0f}, p99 {ASSUMED_LENGTHS['p99']:.0f} tokens)"
+                )
     est = estimate(shape, config, hw, data, resident=resident)
     if k.max_steps is not None:
         slots = k.max_steps * k.grad_accum * hw.count * micro_tokens(k, data, peak=False)
